@@ -1,0 +1,32 @@
+"""Where things live on disk, read from the environment with documented defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path.home() / "rssc_data"
+
+
+def data_dir() -> Path:
+    """Root of prepared datasets and split manifests: `$RSSC_DATA_DIR`, default `~/rssc_data`."""
+    return Path(os.environ.get("RSSC_DATA_DIR", DEFAULT_DATA_DIR)).expanduser()
+
+
+def tfds_dir() -> Path:
+    """Where the tensorflow-datasets builders write their records."""
+    return data_dir() / "tfds"
+
+
+def splits_dir() -> Path:
+    return data_dir() / "splits"
+
+
+def cache_dir() -> Path:
+    """Decoded-and-resized image caches: `$RSSC_CACHE_DIR`, default `<data dir>/cache`."""
+    return Path(os.environ.get("RSSC_CACHE_DIR", data_dir() / "cache")).expanduser()
+
+
+def cache_memory_mb() -> int:
+    """Budget for in-memory image caches (`RSSC_CACHE_MEMORY_MB`); larger caches go to disk."""
+    return int(os.environ.get("RSSC_CACHE_MEMORY_MB", "2048"))

@@ -1,0 +1,93 @@
+"""The paper's protocol in one file: check it against ../shared/PROTOCOL.md line by line.
+
+Everything that makes two results comparable lives here (and nowhere else), so that the
+protocol fingerprint of a run can be computed from a `Profile` and the data it used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from rssc_mlflow.errors import RsscError
+
+# --- Splits -------------------------------------------------------------------------------
+# Fraction of each class used for training, by role. Source: 80/20, target: 20/80.
+TRAIN_FRACTION = {"source": 0.8, "target": 0.2}
+SEED = 42  # the authors seeded Python, NumPy and TensorFlow with 42
+
+# --- Input size and augmentation ------------------------------------------------------------
+PAPER_CROP = 256
+PAPER_RESIZE = 292  # resize to 292x292, then crop 256x256 (random for training, central for eval)
+
+# Means subtracted by the authors for ImageNet-lineage models, in RGB order (their code fed RGB
+# to the BGR-trained Keras weights). `imagenet-caffe` is Keras's own BGR preprocessing.
+IMAGENET_MEANS_RGB = (123.68, 116.779, 103.939)
+PREPROCESSING_MODES = ("unit", "imagenet-rgb", "imagenet-caffe")
+Preprocessing = Literal["unit", "imagenet-rgb", "imagenet-caffe"]
+
+
+def resize_for_crop(crop: int) -> int:
+    """Side the image is resized to before cropping `crop`: round(crop * 292 / 256), half up."""
+    return int(math.floor(crop * PAPER_RESIZE / PAPER_CROP + 0.5))
+
+
+# --- Optimisation -------------------------------------------------------------------------
+PEAK_LR_SCRATCH = 3e-3
+PEAK_LR_PRETRAINED = 3e-4
+WARMUP_EPOCHS = 5
+DECAY_EPOCHS = (50, 70, 90)  # of 100; other epoch counts decay at the same fractions
+DECAY_FACTOR = 0.2
+PROBE_LR = 1e-3  # the "softmax classifier" on frozen features: fixed rate
+MULTILABEL_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A named set of defaults. `paper` is exactly the protocol; the others shrink it for CPUs."""
+
+    name: str
+    epochs: int
+    batch_size: int
+    crop: int
+    probe_epochs: int
+    warmup_epochs: int = WARMUP_EPOCHS
+
+    @property
+    def resize(self) -> int:
+        return resize_for_crop(self.crop)
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", epochs=100, batch_size=100, crop=256, probe_epochs=100),
+    # A CPU can run the whole grid on synthetic data in minutes at 64 px.
+    "demo": Profile("demo", epochs=3, batch_size=32, crop=64, probe_epochs=30, warmup_epochs=1),
+    # The smallest run that still goes through every code path (tests).
+    "smoke": Profile("smoke", epochs=1, batch_size=8, crop=32, probe_epochs=2, warmup_epochs=1),
+}
+DEFAULT_PROFILE = "paper"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise RsscError(
+            f"Unknown profile {name!r}. Choose one of: {', '.join(PROFILES)}."
+        ) from None
+
+
+# --- Published numbers ------------------------------------------------------------------------
+# Table II: 80% source training, evaluated on the 20% (accuracy %, or F1 % for multi-label).
+TABLE2 = {
+    "mlrsnet_ml": {"scratch": 91.83, "imagenet": 92.41},
+    "mlrsnet_sl": {"scratch": 97.74, "imagenet": 98.61},
+    "resisc45": {"scratch": 95.11, "imagenet": 97.03},
+    "patternnet": {"scratch": 99.47, "imagenet": 99.84},
+    "rsicb256": {"scratch": 99.39, "imagenet": 99.58},
+    "aid": {"scratch": 93.90, "imagenet": 97.30},
+}
+# Table III (probe on UCM) and Table IV (fine-tuning on UCM) from the MLRSNet subsets.
+TABLE3 = {"mlrsnet_ucm_same": 91.79, "mlrsnet_ucm_other": 89.46, "mlrsnet_half": 92.26}
+TABLE4 = {"mlrsnet_ucm_same": 92.38, "mlrsnet_ucm_other": 89.88, "mlrsnet_half": 92.38}
