@@ -30,3 +30,11 @@ def cache_dir() -> Path:
 def cache_memory_mb() -> int:
     """Budget for in-memory image caches (`RSSC_CACHE_MEMORY_MB`); larger caches go to disk."""
     return int(os.environ.get("RSSC_CACHE_MEMORY_MB", "2048"))
+
+
+def checkpoint_dir() -> Path:
+    """Per-run training checkpoints (`RSSC_CHECKPOINT_DIR`, default `<data dir>/checkpoints`).
+
+    Kept on local disk until the run is FINISHED, so `--resume RUN_ID` can continue it.
+    """
+    return Path(os.environ.get("RSSC_CHECKPOINT_DIR", data_dir() / "checkpoints")).expanduser()

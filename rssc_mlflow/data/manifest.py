@@ -1,0 +1,89 @@
+"""The source manifest of a prepared dataset: every source file with size and sha256.
+
+Saved as JSON next to the prepared records. `digest` (sha256 of the canonical manifest: sorted
+paths, compact JSON) identifies the exact source bytes a dataset was built from, the same on any
+machine, so runs can record which data they saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "rssc_manifest.json"
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class FileEntry:
+    path: str  # relative to the dataset root, '/'-separated
+    size: int
+    sha256: str
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file, streamed so large files never sit in memory."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def hash_files(root: Path, relpaths: Iterable[str], workers: int | None = None) -> list[FileEntry]:
+    """FileEntry for each path under `root`; threads, because hashlib releases the GIL."""
+    rels = list(relpaths)
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sizes = list(pool.map(lambda r: hash_file(root / r), rels))
+    return [FileEntry(r, size, digest) for r, (size, digest) in zip(rels, sizes)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    files: tuple[FileEntry, ...]
+
+    @classmethod
+    def of(cls, entries: Iterable[FileEntry]) -> Manifest:
+        return cls(tuple(sorted(entries)))
+
+    def canonical(self) -> bytes:
+        rows = [[e.path, e.size, e.sha256] for e in sorted(self.files)]
+        return json.dumps({"files": rows}, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "num_files": len(self.files),
+                "total_bytes": self.total_bytes,
+                "files": [[e.path, e.size, e.sha256] for e in self.files]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        return cls.of(FileEntry(p, int(s), h) for p, s, h in data["files"])
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    path = folder / MANIFEST_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), ensure_ascii=False))
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(folder: Path) -> Manifest:
+    return Manifest.from_json(json.loads((folder / MANIFEST_FILE).read_text()))

@@ -1,0 +1,390 @@
+"""Prepare datasets from a manual download, and read prepared ones.
+
+`prepare(key, manual_dir)` validates the unpacked download, builds it with the key's TFDS
+builder into a staging folder, writes our manifest, records and metadata, writes the
+`RSSC_COMPLETE` marker LAST, then swaps the staging version into place with renames. So an
+interrupted prepare leaves nothing `load_prepared` accepts, and a failed `--force` leaves the
+previous version untouched.
+
+All MLRSNet keys read one stored dataset (`<tfds_dir>/rssc_mlrsnet/1.0.0`); mlrsnet_ucm_same,
+mlrsnet_ucm_other and mlrsnet_half are views of it (category filter; half = floor(n/2) per
+category, see `builders.mlrsnet.half_selection`), with labels re-indexed to the view's classes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rssc_mlflow import __version__, config
+from rssc_mlflow.data.builders import VERSION, builder_class, stored_key, tfds_name
+from rssc_mlflow.data.catalog import CATALOG, MLRSNET_CATEGORIES, DatasetSpec, get_spec
+from rssc_mlflow.data.manifest import FileEntry, Manifest, hash_files, read_manifest, write_manifest
+from rssc_mlflow.errors import DatasetError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+METADATA_FILE = "rssc_metadata.json"
+RECORDS_FILE = "rssc_records.json"
+COMPLETE_FILE = "RSSC_COMPLETE"
+_STAGING = ".staging"
+_IGNORED_KEPT = 100  # ignored files listed in the metadata (the count is always complete)
+
+Progress = Callable[[str], None]
+
+
+# --- Records and reports ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One image of a dataset view. `label` indexes `spec.classes`, except for mlrsnet_ml where
+    it is the category index (what splits stratify by) and `labels` is the 60-long multi-hot."""
+
+    filename: str
+    label: int
+    labels: tuple[int, ...] | None = None
+    category: str | None = None
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    key: str
+    images: int
+    classes: int
+    per_class: dict[str, int]
+    skipped: list[str]
+    synthetic: bool
+    expected_images: int
+    count_note: str
+    anomalies: dict[str, Any]
+    manifest_digest: str
+    path: str
+    already_prepared: bool
+    ignored: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- Where things are ---------------------------------------------------------------------------
+def prepared_dir(key: str) -> Path:
+    """The folder holding `key`'s prepared data (shared by the MLRSNet views)."""
+    return config.tfds_dir() / tfds_name(key) / VERSION
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in
+               (COMPLETE_FILE, METADATA_FILE, RECORDS_FILE, "dataset_info.json"))
+
+
+def _spec(key: str) -> DatasetSpec:
+    try:
+        return get_spec(key)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def _not_prepared(spec: DatasetSpec) -> DatasetError:
+    return DatasetError(
+        f"dataset '{spec.key}' is not prepared: run `rssc prepare {spec.key} --manual-dir DIR` "
+        f"(download: {spec.download_page}), DIR being the unpacked download."
+    )
+
+
+# --- Views ----------------------------------------------------------------------------------------
+def _view(spec: DatasetSpec, stored: list[list[Any]]) -> list[Record]:
+    """The records of `spec` from the stored rows [filename, label, multi-hot string|None]."""
+    if not spec.is_mlrsnet:
+        return [Record(f, int(label)) for f, label, _ in stored]
+    from rssc_mlflow.data.builders.mlrsnet import half_selection  # imports TFDS only when needed
+
+    def category(row: list[Any]) -> str:
+        return MLRSNET_CATEGORIES[int(row[1])]
+
+    if spec.key == "mlrsnet_ml":
+        return [Record(f, int(c), tuple(int(b) for b in bits), MLRSNET_CATEGORIES[int(c)])
+                for f, c, bits in stored]
+    if spec.key == "mlrsnet_sl":
+        return [Record(f, int(c), None, MLRSNET_CATEGORIES[int(c)]) for f, c, _ in stored]
+    keep_cats = set(spec.categories or ())
+    rows = [r for r in stored if category(r) in keep_cats]
+    if spec.fraction < 1.0:
+        by_cat: dict[str, list[str]] = collections.defaultdict(list)
+        for r in rows:
+            by_cat[category(r)].append(r[0])
+        chosen = half_selection(by_cat)
+        rows = [r for r in rows if r[0] in chosen]
+    index = {c: i for i, c in enumerate(spec.classes)}
+    return [Record(r[0], index[category(r)], None, category(r)) for r in rows]
+
+
+def _per_class(spec: DatasetSpec, records: list[Record]) -> dict[str, int]:
+    if spec.multilabel:
+        sums = [0] * spec.num_classes
+        for r in records:
+            for i, v in enumerate(r.labels or ()):
+                sums[i] += v
+        return dict(zip(spec.classes, sums))
+    counts = collections.Counter(r.label for r in records)
+    return {c: counts.get(i, 0) for i, c in enumerate(spec.classes)}
+
+
+def _view_count(spec: DatasetSpec, per_stored_class: dict[str, int]) -> int:
+    """Image count of a view from the stored per-class counts (cheap, for `status`)."""
+    if not spec.is_mlrsnet or spec.parent is None:
+        return sum(per_stored_class.values())
+    cats = spec.categories or ()
+    if spec.fraction < 1.0:
+        return sum(per_stored_class.get(c, 0) // 2 for c in cats)
+    return sum(per_stored_class.get(c, 0) for c in cats)
+
+
+# --- Reading --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PreparedDataset:
+    spec: DatasetSpec
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def manifest_digest(self) -> str:
+        return str(self.metadata["manifest_digest"])
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.metadata["synthetic"])
+
+    @cached_property
+    def records(self) -> list[Record]:
+        rows = json.loads((self.path / RECORDS_FILE).read_text())["rows"]
+        return _view(self.spec, rows)
+
+    def manifest(self) -> Manifest:
+        return read_manifest(self.path)
+
+    def examples(self) -> tf.data.Dataset:
+        """{filename, image (encoded bytes), label (int64)[, labels (uint8 multi-hot)]} for every
+        record, in storage order (join on filename, not on position)."""
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_from_directory(str(self.path))
+        ds = builder.as_dataset(split="train", shuffle_files=False,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+        multi = self.spec.multilabel
+        if self.spec.parent is None:
+            def pick(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+                out = {"filename": ex["filename"], "image": ex["image"],
+                       "label": tf.cast(ex["label"], tf.int64)}
+                if multi:
+                    out["labels"] = ex["labels"]
+                return out
+
+            return ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A subset: keep its records and re-index labels, via a filename -> label table.
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([r.filename for r in self.records], tf.string),
+                tf.constant([r.label for r in self.records], tf.int64)),
+            default_value=tf.constant(-1, tf.int64))
+
+        def relabel(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            return {"filename": ex["filename"], "image": ex["image"],
+                    "label": table.lookup(ex["filename"])}
+
+        return ds.map(relabel, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True).filter(lambda ex: ex["label"] >= 0)
+
+
+def load_prepared(key: str) -> PreparedDataset:
+    """The prepared dataset of `key`; DatasetError when it is missing or incomplete."""
+    spec = _spec(key)
+    folder = prepared_dir(key)
+    if not _is_complete(folder):
+        raise _not_prepared(spec)
+    return PreparedDataset(spec, folder, json.loads((folder / METADATA_FILE).read_text()))
+
+
+def status() -> list[dict[str, Any]]:
+    """One row per catalog key, for `rssc datasets`; reads only small JSON files."""
+    meta: dict[str, dict[str, Any] | None] = {}
+    rows = []
+    for key, spec in CATALOG.items():
+        stored = stored_key(key)
+        if stored not in meta:
+            folder = prepared_dir(key)
+            meta[stored] = (json.loads((folder / METADATA_FILE).read_text())
+                            if _is_complete(folder) else None)
+        m = meta[stored]
+        rows.append({
+            "key": key, "title": spec.title, "task": spec.task, "classes": spec.num_classes,
+            "expected_images": spec.expected_images, "prepared": m is not None,
+            "images": _view_count(spec, m["per_class"]) if m else None,
+            "synthetic": bool(m["synthetic"]) if m else None,
+            "download_page": spec.download_page,
+        })
+    return rows
+
+
+# --- Preparing ------------------------------------------------------------------------------------
+def _count_note(spec: DatasetSpec, per_class: dict[str, int], images: int, synthetic: bool,
+                skipped: int) -> str:
+    note = f"found {images:,} images"
+    if images == spec.expected_images:
+        note += ", as the catalog expects"
+    else:
+        why = ("a synthetic stand-in" if synthetic
+               else spec.notes or "this copy differs from the catalog's")
+        note += f", the catalog expects {spec.expected_images:,}: {why}; kept"
+    if spec.expected_per_class and not synthetic:
+        off = [f"{c} {per_class.get(c, 0)} (expected {n})"
+               for c, n in spec.expected_per_class.items() if per_class.get(c, 0) != n]
+        if off:
+            note += f"; classes off their expected count: {', '.join(off[:5])}"
+            note += f" and {len(off) - 5} more" if len(off) > 5 else ""
+    if skipped:
+        note += f"; {skipped} damaged file(s) skipped"
+    return note
+
+
+def _report(spec: DatasetSpec, ds: PreparedDataset, *, already: bool,
+            seconds: float = 0.0) -> PrepareReport:
+    records = ds.records
+    per_class = _per_class(spec, records)
+    skipped = [s["filename"] for s in ds.metadata["skipped"]]
+    if spec.parent is not None:  # a subset reports only the damaged files of its categories
+        cats = set(spec.categories or ())
+        skipped = [f for f in skipped if f.split("/")[-2] in cats]
+    return PrepareReport(
+        key=spec.key, images=len(records), classes=spec.num_classes, per_class=per_class,
+        skipped=skipped, synthetic=ds.synthetic, expected_images=spec.expected_images,
+        count_note=_count_note(spec, per_class, len(records), ds.synthetic, len(skipped)),
+        anomalies=ds.metadata.get("anomalies", {}), manifest_digest=ds.manifest_digest,
+        path=str(ds.path), already_prepared=already, ignored=ds.metadata["ignored_count"],
+        seconds=round(seconds, 3),
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=None))
+    tmp.replace(path)
+
+
+def _remove_stale_staging(root: Path, name: str) -> None:
+    """Delete staging folders of prepares that died (killed), judged by their process id."""
+    for folder in root.glob(f"{name}-*"):
+        try:
+            pid = int(folder.name.split("-")[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def _swap(built: Path, final: Path) -> None:
+    """Move `built` to `final`; the previous version is renamed aside first, deleted after."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        final.rename(old)
+    try:
+        built.rename(final)
+    except OSError:
+        if old.exists() and not final.exists():
+            old.rename(final)  # put the previous version back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
+            skip_corrupt: bool = False, progress: Progress | None = None) -> PrepareReport:
+    """Prepare `key` from the unpacked official download in `manual_dir` (see module doc).
+
+    A no-op (`already_prepared=True`) when a complete version exists, unless `force`. Raises
+    DatasetError for a wrong layout, missing or unknown classes, unmatched MLRSNet labels and
+    damaged images (unless `skip_corrupt`, which leaves them out and lists them).
+    """
+    started = time.monotonic()
+    spec = _spec(key)
+    say = progress or (lambda _msg: None)
+    final = prepared_dir(key)
+    if not force and _is_complete(final):
+        say(f"{spec.key}: already prepared in {final}")
+        return _report(spec, load_prepared(key), already=True)
+    manual = Path(manual_dir).expanduser()
+    if not manual.is_dir():
+        raise DatasetError(f"--manual-dir '{manual}' is not a folder. Download {spec.title} from "
+                           f"{spec.download_page}, unpack it, and pass the unpacked folder.")
+
+    cls = builder_class(key)
+    say(f"{spec.key}: scanning {manual}")
+    plan = cls.scan(manual)
+    say(f"{spec.key}: {len(plan.items):,} images found under {plan.root}")
+
+    import tensorflow_datasets as tfds  # already loaded by the builder module; named here
+
+    staging_root = config.tfds_dir() / _STAGING
+    staging_root.mkdir(parents=True, exist_ok=True)
+    name = tfds_name(key)
+    _remove_stale_staging(staging_root, name)
+    staging = staging_root / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        builder = cls(data_dir=str(staging), plan=plan, skip_corrupt=skip_corrupt, progress=say)
+        try:
+            # TFDS prints its own notes to stdout; keep stdout clean for `rssc prepare --json`.
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+        except Exception:
+            if builder.failure is not None:  # our own error, possibly wrapped by TFDS
+                raise builder.failure from None
+            raise
+        built = Path(builder.data_dir)
+        say(f"{spec.key}: writing manifest")
+        label_entries = hash_files(plan.root, plan.label_files)
+        manifest = Manifest.of([*(FileEntry(s.filename, s.size, s.sha256) for s in builder.sources),
+                                *label_entries])
+        write_manifest(built, manifest)
+        kept = {s.filename for s in builder.sources}
+        stored_rows = [[i.filename, i.label,
+                        "".join(map(str, i.labels)) if i.labels is not None else None]
+                       for i in plan.items if i.filename in kept]
+        _write_json(built / RECORDS_FILE, {"columns": ["filename", "label", "labels"],
+                                           "rows": stored_rows})
+        stored_spec = get_spec(plan.key)
+        counts = collections.Counter(r[1] for r in stored_rows)
+        metadata = {
+            "stored_key": stored_key(key), "prepared_for": spec.key, "tfds_name": builder.name,
+            "version": VERSION, "package_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "source": str(plan.root), "synthetic": plan.synthetic, "images": len(stored_rows),
+            "per_class": {c: counts.get(i, 0) for i, c in enumerate(stored_spec.classes)},
+            "skipped": [{"filename": f, "error": e} for f, e in builder.skipped],
+            "ignored_count": len(plan.ignored), "ignored": plan.ignored[:_IGNORED_KEPT],
+            "anomalies": plan.anomalies, "manifest_digest": manifest.digest,
+            "manifest_files": len(manifest.files),
+        }
+        _write_json(built / METADATA_FILE, metadata)
+        # Last: only a folder with this marker counts as prepared.
+        (built / COMPLETE_FILE).write_text(manifest.digest + "\n")
+        _swap(built, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"{spec.key}: prepared in {final}")
+    return _report(spec, load_prepared(key), already=False, seconds=time.monotonic() - started)
+

@@ -1,0 +1,246 @@
+"""tf.data pipeline: decoding, resizing, augmentation, preprocessing, caching, determinism."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rssc_mlflow.data import pipeline
+from rssc_mlflow.protocol import IMAGENET_MEANS_RGB, PREPROCESSING_MODES, resize_for_crop
+
+CROP = 16
+RESIZE = resize_for_crop(CROP)  # 18
+
+
+def _images(n: int, seed: int = 0, size: tuple[int, int] = (23, 27)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _examples(images: list[np.ndarray], fmt: str = "png", multilabel: bool = False
+              ) -> tf.data.Dataset:
+    encode = tf.io.encode_png if fmt == "png" else (lambda x: tf.io.encode_jpeg(x, quality=95))
+    data: dict[str, list] = {
+        "filename": [f"c{i % 3}/img{i:03d}.{fmt}" for i in range(len(images))],
+        "image": [encode(tf.constant(im)).numpy() for im in images],
+        "label": [i % 3 for i in range(len(images))],
+    }
+    if multilabel:
+        data["labels"] = [[i % 2, 1, 0] for i in range(len(images))]
+    return tf.data.Dataset.from_tensor_slices(data)
+
+
+def _collect(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# --- preprocess --------------------------------------------------------------------------
+
+
+def test_preprocess_constant_image_per_mode() -> None:
+    image = tf.fill([2, 4, 4, 3], tf.constant(128, tf.uint8))
+    np.testing.assert_allclose(pipeline.preprocess(image, "unit").numpy(), 128 / 255, rtol=1e-6)
+    rgb = pipeline.preprocess(image, "imagenet-rgb").numpy()
+    np.testing.assert_allclose(rgb[0, 0, 0], 128 - np.array(IMAGENET_MEANS_RGB), rtol=1e-6)
+    caffe = pipeline.preprocess(image, "imagenet-caffe").numpy()
+    np.testing.assert_allclose(caffe[0, 0, 0], 128 - np.array(IMAGENET_MEANS_RGB)[::-1],
+                               rtol=1e-6)
+    for mode in PREPROCESSING_MODES:
+        assert pipeline.preprocess(image, mode).dtype == tf.float32
+
+
+def test_preprocess_caffe_equals_keras_resnet50() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (3, 8, 9, 3)).astype(np.float32)
+    ours = pipeline.preprocess(tf.constant(image, tf.uint8), "imagenet-caffe").numpy()
+    theirs = keras.applications.resnet50.preprocess_input(image.copy())
+    np.testing.assert_allclose(ours, np.asarray(theirs), rtol=0, atol=1e-4)
+    # the authors' mode keeps RGB order: differs from Keras's as soon as R != B
+    assert not np.allclose(pipeline.preprocess(tf.constant(image), "imagenet-rgb"), theirs)
+
+
+def test_preprocess_unknown_mode_lists_modes() -> None:
+    with pytest.raises(ValueError, match="unit, imagenet-rgb, imagenet-caffe"):
+        pipeline.preprocess(tf.zeros([1, 1, 3]), "torch")
+
+
+# --- decode, resize, crops ----------------------------------------------------------------
+
+
+def test_decode_png_exact_and_jpeg_close() -> None:
+    image = _images(1, size=(RESIZE, RESIZE))[0]
+    png = pipeline.decode_and_resize(tf.io.encode_png(image), RESIZE)
+    assert png.dtype == tf.uint8 and png.shape == (RESIZE, RESIZE, 3)
+    np.testing.assert_array_equal(png.numpy(), image)  # same size: bilinear is the identity
+    smooth = np.repeat(np.linspace(0, 255, RESIZE, dtype=np.uint8)[None, :, None], RESIZE, 0)
+    smooth = np.repeat(smooth, 3, axis=2)
+    jpeg = pipeline.decode_and_resize(tf.io.encode_jpeg(smooth, quality=95), RESIZE).numpy()
+    assert jpeg.dtype == np.uint8 and jpeg.shape == (RESIZE, RESIZE, 3)
+    assert np.abs(jpeg.astype(int) - smooth).mean() < 3
+
+
+def test_decode_resizes_to_any_size_and_grey_to_rgb() -> None:
+    grey = np.random.default_rng(2).integers(0, 256, (30, 41, 1), dtype=np.uint8)
+    out = pipeline.decode_and_resize(tf.io.encode_png(grey), 37).numpy()
+    assert out.shape == (37, 37, 3)
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_resize_follows_resize_for_crop() -> None:
+    assert resize_for_crop(256) == 292
+    images = _images(4)
+    ds = pipeline.make_dataset(_examples(images), training=False, crop=CROP, batch_size=4,
+                               preprocessing="unit", cache="none")
+    x, _ = _collect(ds)
+    off = (RESIZE - CROP) // 2
+    for i, im in enumerate(images):
+        resized = pipeline.decode_and_resize(tf.io.encode_png(im), RESIZE).numpy()
+        expected = resized[off:off + CROP, off:off + CROP] / 255
+        np.testing.assert_allclose(x[i], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,crop", [((18, 18, 3), 16), ((19, 25, 3), 16), ((7, 7, 3), 4)])
+def test_center_crop_is_the_numpy_slice(shape: tuple[int, int, int], crop: int) -> None:
+    image = np.arange(np.prod(shape)).reshape(shape)
+    top, left = (shape[0] - crop) // 2, (shape[1] - crop) // 2
+    np.testing.assert_array_equal(pipeline.center_crop(tf.constant(image), crop).numpy(),
+                                  image[top:top + crop, left:left + crop])
+
+
+def _dihedral(image: np.ndarray) -> list[np.ndarray]:
+    return [np.rot90(f, k) for f in (image, image[:, ::-1]) for k in range(4)]
+
+
+def test_augment_is_a_crop_up_to_flips_and_rotations() -> None:
+    image = _images(1, size=(RESIZE, RESIZE))[0]
+    seen = set()
+    for s in range(24):
+        out = pipeline.augment(tf.constant(image), CROP, tf.constant([s, 7])).numpy()
+        assert out.shape == (CROP, CROP, 3) and out.dtype == np.uint8
+        matches = [
+            (top, left, j)
+            for top, left in itertools.product(range(RESIZE - CROP + 1), repeat=2)
+            for j, t in enumerate(_dihedral(image[top:top + CROP, left:left + CROP]))
+            if np.array_equal(t, out)
+        ]
+        assert matches, "the output is not a flipped/rotated crop of the input"
+        crop = image[matches[0][0]:matches[0][0] + CROP, matches[0][1]:matches[0][1] + CROP]
+        # flips and rot90 only permute pixels
+        np.testing.assert_array_equal(np.sort(out.reshape(-1, 3), axis=0),
+                                      np.sort(crop.reshape(-1, 3), axis=0))
+        seen.add(matches[0][2])
+    assert len(seen) >= 5  # the eight flips/rotations are all reachable
+
+
+def test_augment_same_seed_same_output() -> None:
+    image = tf.constant(_images(1, size=(RESIZE, RESIZE))[0])
+    a = pipeline.augment(image, CROP, tf.constant([3, 4])).numpy()
+    b = pipeline.augment(image, CROP, tf.constant([3, 4])).numpy()
+    np.testing.assert_array_equal(a, b)
+    others = [pipeline.augment(image, CROP, tf.constant([s, 4])).numpy() for s in range(5, 9)]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
+# --- make_dataset ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_make_dataset_shapes_and_dtypes(training: bool) -> None:
+    ds = pipeline.make_dataset(_examples(_images(7)), training=training, crop=CROP, batch_size=3,
+                               preprocessing="imagenet-rgb", cache="memory")
+    batches = [(x.numpy(), y.numpy()) for x, y in ds]
+    assert [b[0].shape for b in batches] == [(3, CROP, CROP, 3)] * 2 + [(1, CROP, CROP, 3)]
+    assert all(b[0].dtype == np.float32 and b[1].dtype == np.int32 for b in batches)
+    assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(
+        [i % 3 for i in range(7)])
+    dropped = pipeline.make_dataset(_examples(_images(7)), training=training, crop=CROP,
+                                    batch_size=3, preprocessing="unit", cache="none",
+                                    drop_remainder=True)
+    assert dropped.element_spec[0].shape == (3, CROP, CROP, 3)
+    assert sum(1 for _ in dropped) == 2
+
+
+def test_make_dataset_multilabel_key() -> None:
+    ds = pipeline.make_dataset(_examples(_images(4), multilabel=True), training=True, crop=CROP,
+                               batch_size=4, preprocessing="unit", label_key="labels")
+    _, y = _collect(ds)
+    assert y.shape == (4, 3)
+
+
+def test_training_is_seeded_reshuffled_and_reproducible() -> None:
+    examples = _examples(_images(8))
+
+    def epochs(seed: int, n: int = 2) -> list[np.ndarray]:
+        ds = pipeline.make_dataset(examples, training=True, crop=CROP, batch_size=8,
+                                   preprocessing="unit", seed=seed, cache="memory",
+                                   deterministic=True)
+        return [_collect(ds)[0] for _ in range(n)]
+
+    a1, a2 = epochs(5)
+    b1, b2 = epochs(5)
+    np.testing.assert_array_equal(a1, b1)
+    np.testing.assert_array_equal(a2, b2)
+    assert not np.array_equal(a1, a2)  # each epoch is shuffled and augmented anew
+    c1, _ = epochs(6)
+    assert not np.array_equal(a1, c1)
+
+
+def test_eval_is_deterministic_and_ordered() -> None:
+    examples = _examples(_images(5))
+    ds = pipeline.make_dataset(examples, training=False, crop=CROP, batch_size=2,
+                               preprocessing="unit", cache="memory")
+    (x1, y1), (x2, y2) = _collect(ds), _collect(ds)
+    np.testing.assert_array_equal(x1, x2)
+    assert y1.tolist() == [0, 1, 2, 0, 1] == y2.tolist()
+
+
+def test_cache_modes_give_identical_eval_outputs(tmp_path: Path) -> None:
+    examples = _examples(_images(5, seed=3), fmt="jpeg")
+    outputs = {}
+    for mode in ("none", "memory", "disk"):
+        ds = pipeline.make_dataset(examples, training=False, crop=CROP, batch_size=2,
+                                   preprocessing="imagenet-caffe", cache=mode,
+                                   cache_path=tmp_path / "eval")
+        outputs[mode] = [_collect(ds) for _ in range(2)]  # 2nd pass reads the cache
+    assert any(p.name.startswith("eval-") for p in tmp_path.iterdir())
+    for mode in ("memory", "disk"):
+        for (x, y), (xr, yr) in zip(outputs[mode], outputs["none"]):
+            np.testing.assert_array_equal(x, xr)
+            np.testing.assert_array_equal(y, yr)
+
+
+def test_disk_cache_without_path_uses_a_fresh_folder(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RSSC_CACHE_DIR", str(tmp_path / "cache"))
+    ds = pipeline.make_dataset(_examples(_images(3)), training=True, crop=CROP, batch_size=3,
+                               preprocessing="unit", cache="disk")
+    assert _collect(ds)[0].shape == (3, CROP, CROP, 3)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_auto_cache_follows_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RSSC_CACHE_MEMORY_MB", "1")
+    assert pipeline.choose_cache("auto", 2**20) == "memory"
+    assert pipeline.choose_cache("auto", 2**20 + 1) == "disk"
+    assert pipeline.choose_cache("none", 10) == "none"
+    with pytest.raises(ValueError, match="auto, memory, disk, none"):
+        pipeline.choose_cache("ram", 1)
+
+
+def test_filter_examples_keeps_listed_in_order() -> None:
+    examples = _examples(_images(6))
+    kept = pipeline.filter_examples(examples, ["c2/img005.png", "c0/img000.png",
+                                               "c0/img000.png", "nope.png"])
+    assert [ex["filename"].numpy().decode() for ex in kept] == ["c0/img000.png",
+                                                                "c2/img005.png"]
+    assert sum(1 for _ in pipeline.filter_examples(examples, [])) == 0
+    # the count of a filtered dataset is unknown to tf.data: make_dataset counts it itself
+    ds = pipeline.make_dataset(kept, training=True, crop=CROP, batch_size=4,
+                               preprocessing="unit")
+    assert _collect(ds)[0].shape[0] == 2
+    assert int(ds.cardinality()) == 1

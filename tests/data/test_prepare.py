@@ -1,0 +1,298 @@
+"""prepare / load_prepared / status end to end, on synthetic trees and small broken ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rssc_mlflow.data import catalog, prepare as prep
+from rssc_mlflow.data.prepare import PrepareReport, load_prepared, prepare, status
+from rssc_mlflow.errors import DatasetError
+from tests.data.conftest import IMAGES_PER_CLASS, copy_tree, truncate, write_image
+
+N = IMAGES_PER_CLASS
+ALL_KEYS = ("mlrsnet_sl", "mlrsnet_ml", "resisc45", "patternnet", "rsicb256", "aid", "ucm",
+            "imagenet100", "mlrsnet_ucm_same", "mlrsnet_ucm_other", "mlrsnet_half")
+EXPECTED_IMAGES = {
+    "mlrsnet_sl": 46 * N, "mlrsnet_ml": 46 * N, "resisc45": 45 * N, "patternnet": 38 * N,
+    "rsicb256": 35 * N, "aid": 30 * N, "ucm": 21 * N, "imagenet100": 100 * N,
+    "mlrsnet_ucm_same": 21 * N, "mlrsnet_ucm_other": 25 * N, "mlrsnet_half": 46 * (N // 2),
+}
+
+
+def _read_all(key: str) -> list[dict[str, object]]:
+    return [{k: v.numpy() for k, v in ex.items()} for ex in load_prepared(key).examples()]
+
+
+@pytest.fixture(scope="module")
+def reports(module_data_env: Path, synth_trees: dict[str, Path]) -> dict[str, PrepareReport]:
+    """Every key prepared once from the synthetic trees (MLRSNet is built once, for the first)."""
+    return {key: prepare(key, synth_trees[key]) for key in ALL_KEYS}
+
+
+# --- happy paths ------------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ALL_KEYS)
+def test_prepare_every_dataset(reports: dict[str, PrepareReport], key: str) -> None:
+    spec = catalog.get_spec(key)
+    report = reports[key]
+    assert report.images == EXPECTED_IMAGES[key] and report.classes == spec.num_classes
+    assert report.synthetic and report.skipped == []
+    assert "a synthetic stand-in; kept" in report.count_note
+    if not spec.multilabel:
+        per = N // 2 if spec.fraction < 1 else N
+        assert report.per_class == {c: per for c in spec.classes}
+    ds = load_prepared(key)
+    assert ds.synthetic and ds.manifest_digest == report.manifest_digest
+    rows = _read_all(key)
+    by_name = {r.filename: r for r in ds.records}
+    assert len(rows) == len(by_name) == report.images
+    for row in rows:
+        record = by_name[row["filename"].decode()]
+        assert row["label"] == record.label and 0 <= record.label < spec.num_classes
+        if spec.multilabel:
+            assert tuple(row["labels"]) == record.labels
+    image = tf.io.decode_image(rows[0]["image"], expand_animations=False).numpy()
+    assert image.dtype == np.uint8 and image.shape[-1] == 3
+
+
+def test_first_prepare_reports_not_already(reports: dict[str, PrepareReport]) -> None:
+    assert not reports["ucm"].already_prepared
+    # The MLRSNet views after the first reuse the one stored MLRSNet dataset.
+    assert not reports["mlrsnet_sl"].already_prepared
+    assert reports["mlrsnet_half"].already_prepared
+    assert len({reports[k].path for k in ALL_KEYS if k.startswith("mlrsnet")}) == 1
+
+
+def test_report_json(reports: dict[str, PrepareReport]) -> None:
+    data = json.loads(json.dumps(reports["rsicb256"].to_json()))
+    for field in ("key", "images", "classes", "per_class", "skipped", "synthetic",
+                  "expected_images", "count_note", "anomalies", "manifest_digest", "path",
+                  "already_prepared"):
+        assert field in data
+    assert data["count_note"].startswith(f"found {35 * N} images, the catalog expects 24,747")
+
+
+def test_mlrsnet_anomalies_reported(reports: dict[str, PrepareReport]) -> None:
+    anomalies = reports["mlrsnet_ml"].anomalies
+    assert anomalies["more_than_max_labels"] >= 1 and anomalies["no_labels"] >= 1
+    assert anomalies["more_than_max_labels_examples"][0].startswith("Images/")
+
+
+def test_all_images_decode_to_rgb_and_ucm_keeps_sizes(reports: dict[str, PrepareReport]) -> None:
+    shapes = set()
+    for key in ("ucm", "resisc45", "rsicb256"):
+        for row in _read_all(key):
+            image = tf.io.decode_image(row["image"], expand_animations=False).numpy()
+            assert image.shape[-1] == 3
+            if key == "ucm":
+                shapes.add(image.shape[:2])
+    assert (16, 16) in shapes and len(shapes) > 1  # the odd UCM sizes are kept
+
+
+def test_images_stored_losslessly(reports: dict[str, PrepareReport],
+                                  synth_trees: dict[str, Path]) -> None:
+    rows = {r["filename"].decode(): r["image"] for r in _read_all("resisc45")}
+    root = synth_trees["resisc45"] / "NWPU-RESISC45"
+    formats = set()
+    for name, data in rows.items():
+        if data[:2] == b"\xff\xd8":
+            assert data == (root / name).read_bytes()  # clean JPEG: the original bytes
+        formats.add(data[:4])
+    assert b"\x89PNG" in formats  # quirk images were re-encoded
+
+
+def test_subset_labels_reindexed(reports: dict[str, PrepareReport]) -> None:
+    for key in ("mlrsnet_ucm_same", "mlrsnet_ucm_other", "mlrsnet_half"):
+        spec = catalog.get_spec(key)
+        ds = load_prepared(key)
+        assert {r.category for r in ds.records} == set(spec.classes)
+        assert all(spec.classes[r.label] == r.category for r in ds.records)
+    same = {r.filename for r in load_prepared("mlrsnet_ucm_same").records}
+    other = {r.filename for r in load_prepared("mlrsnet_ucm_other").records}
+    assert not same & other
+    assert same | other == {r.filename for r in load_prepared("mlrsnet_sl").records}
+
+
+def test_mlrsnet_ml_matches_label_csvs(reports: dict[str, PrepareReport],
+                                       synth_trees: dict[str, Path]) -> None:
+    csv = (synth_trees["mlrsnet_ml"] / "MLRSNet" / "labels" / "airport.csv").read_text()
+    row = csv.splitlines()[1].split(",")
+    record = next(r for r in load_prepared("mlrsnet_ml").records
+                  if r.filename == f"Images/airport/{row[0]}")
+    assert record.labels == tuple(int(v) for v in row[1:])
+    assert record.category == "airport" and record.label == 1
+
+
+def test_rerun_is_a_noop(reports: dict[str, PrepareReport], synth_trees: dict[str, Path]) -> None:
+    again = prepare("ucm", synth_trees["ucm"])
+    assert again.already_prepared and again.manifest_digest == reports["ucm"].manifest_digest
+    assert again.images == reports["ucm"].images
+
+
+def test_manifest_lists_sources_only(reports: dict[str, PrepareReport]) -> None:
+    manifest = load_prepared("mlrsnet_sl").manifest()
+    paths = [e.path for e in manifest.files]
+    assert len(paths) == 46 * N + 46 and "labels/airplane.csv" in paths
+    assert not any("__MACOSX" in p or "/._" in p or "DS_Store" in p for p in paths)
+    assert manifest.digest == reports["mlrsnet_sl"].manifest_digest
+
+
+def test_status(reports: dict[str, PrepareReport]) -> None:
+    rows = {r["key"]: r for r in status()}
+    assert set(rows) == set(catalog.CATALOG)
+    for key in ALL_KEYS:
+        assert rows[key]["prepared"] and rows[key]["synthetic"]
+        assert rows[key]["images"] == EXPECTED_IMAGES[key]
+
+
+# --- where the manual dir points, and spellings ---------------------------------------------------
+def test_top_folder_or_containing_folder_same_digest(data_env: Path,
+                                                     synth_trees: dict[str, Path]) -> None:
+    inner = prepare("ucm", synth_trees["ucm"] / "UCMerced_LandUse")
+    outer = prepare("ucm", synth_trees["ucm"], force=True)
+    assert not outer.already_prepared and inner.manifest_digest == outer.manifest_digest
+
+
+def test_labels_folder_capitalised(data_env: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from rssc_mlflow.data.synth import write_synthetic
+
+    tree = write_synthetic(tmp_path / "s", ["mlrsnet_sl"], images_per_class=1, image_size=16,
+                           mlrsnet_labels_dirname="Labels")["mlrsnet_sl"]
+    capsys.readouterr()
+    report = prepare("mlrsnet_sl", tree / "MLRSNet")
+    assert capsys.readouterr().out == ""  # stdout stays clean for `rssc prepare --json`
+    assert report.images == 46
+    assert "Labels/airplane.csv" in [e.path for e in load_prepared("mlrsnet_sl").manifest().files]
+
+
+def test_not_prepared_message(data_env: Path) -> None:
+    with pytest.raises(DatasetError, match=r"dataset 'ucm' is not prepared: run `rssc prepare "
+                                           r"ucm --manual-dir DIR` \(download: http"):
+        load_prepared("ucm")
+    assert not any(r["prepared"] for r in status())
+
+
+# --- errors -------------------------------------------------------------------------------------
+def test_missing_class(data_env: Path, tree_factory: Callable[..., Path]) -> None:
+    tree = tree_factory("ucm", drop=("beach", "river"))
+    with pytest.raises(DatasetError, match=r"2 class folder\(s\) missing.*'beach', 'river'.*"
+                                           r"Expected layout.*UCMerced_LandUse/Images/<class>/"):
+        prepare("ucm", tree)
+
+
+def test_unknown_class_folder(data_env: Path, tree_factory: Callable[..., Path]) -> None:
+    tree = tree_factory("aid", extra=("Volcano",))
+    with pytest.raises(DatasetError, match=r"unknown class folder.*'Volcano'.*Expected layout.*"
+                                           r"AID/<class>/"):
+        prepare("aid", tree)
+
+
+def test_wrong_layout_flat_files(data_env: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        write_image(tmp_path / "flat" / f"agricultural{i:02d}.tif")
+    with pytest.raises(DatasetError, match=r"No UC Merced Land Use class folders found.*"
+                                           r"Expected layout.*agricultural00.tif"):
+        prepare("ucm", tmp_path / "flat")
+
+
+def test_wrong_layout_one_level_rsicb(data_env: Path, tree_factory: Callable[..., Path]) -> None:
+    # RSI-CB laid out like a one-level dataset: the top categories are missing.
+    tree = tree_factory("resisc45")
+    with pytest.raises(DatasetError, match=r"<top category>/<class>.*two levels"):
+        prepare("rsicb256", tree)
+
+
+def test_manual_dir_missing(data_env: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"is not a folder.*gcheng"):
+        prepare("resisc45", tmp_path / "nope")
+
+
+def test_mlrsnet_image_without_row_and_row_without_image(
+        data_env: Path, tmp_path: Path, synth_trees: dict[str, Path]) -> None:
+    tree = copy_tree(synth_trees["mlrsnet_sl"], tmp_path / "copy")
+    images = tree / "MLRSNet" / "Images" / "beach"
+    write_image(images / "beach_99999.jpg")
+    victim = sorted(p for p in (tree / "MLRSNet" / "Images" / "lake").glob("lake_*.jpg"))[0]
+    victim.unlink()
+    with pytest.raises(DatasetError, match=r"1 image\(s\) without a row.*Images/beach/"
+                                           rf"beach_99999.jpg.*row\(s\) without an image: "
+                                           rf"'lake.csv: {victim.name}'"):
+        prepare("mlrsnet_ml", tree)
+
+
+def test_corrupt_image_named_then_skipped(data_env: Path, tmp_path: Path,
+                                          synth_trees: dict[str, Path]) -> None:
+    tree = copy_tree(synth_trees["ucm"], tmp_path / "copy")
+    bad = tree / "UCMerced_LandUse" / "Images" / "forest" / "forest01.tif"
+    truncate(bad)
+    with pytest.raises(DatasetError, match=r"1 image\(s\) of 'ucm' cannot be decoded.*"
+                                           r"'forest/forest01.tif'.*--skip-corrupt"):
+        prepare("ucm", tree)
+    with pytest.raises(DatasetError, match="not prepared"):
+        load_prepared("ucm")
+    report = prepare("ucm", tree, skip_corrupt=True)
+    assert report.skipped == ["forest/forest01.tif"] and report.images == 21 * N - 1
+    assert report.per_class["forest"] == N - 1 and "1 damaged file(s) skipped" in report.count_note
+    ds = load_prepared("ucm")
+    assert [s["filename"] for s in ds.metadata["skipped"]] == ["forest/forest01.tif"]
+    assert "forest/forest01.tif" not in {r.filename for r in ds.records}
+    assert len(_read_all("ucm")) == 21 * N - 1
+
+
+def test_failed_force_keeps_previous_version(data_env: Path, tmp_path: Path,
+                                             synth_trees: dict[str, Path]) -> None:
+    tree = copy_tree(synth_trees["ucm"], tmp_path / "copy")
+    good = prepare("ucm", tree)
+    truncate(tree / "UCMerced_LandUse" / "Images" / "river" / "river00.tif")
+    with pytest.raises(DatasetError, match="river/river00.tif"):
+        prepare("ucm", tree, force=True)
+    ds = load_prepared("ucm")
+    assert ds.manifest_digest == good.manifest_digest and len(ds.records) == good.images
+    assert len(_read_all("ucm")) == good.images
+    assert not any((data_env / "tfds" / ".staging").iterdir())
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_while_encoding(message: str) -> None:
+    if message.startswith("encoding"):
+        raise _Interrupt(message)
+
+
+def test_interrupted_prepare_leaves_nothing_loadable(data_env: Path,
+                                                     synth_trees: dict[str, Path]) -> None:
+    with pytest.raises(_Interrupt):
+        prepare("aid", synth_trees["aid"], progress=_interrupt_while_encoding)
+    with pytest.raises(DatasetError, match="not prepared"):
+        load_prepared("aid")
+    assert not any((data_env / "tfds" / ".staging").iterdir())
+    assert not prepare("aid", synth_trees["aid"]).already_prepared  # a clean retry works
+
+
+def test_crash_before_marker_is_not_complete(data_env: Path, synth_trees: dict[str, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crash after TFDS finished but before our files and marker: simulate by failing the swap,
+    # and by deleting the marker of a finished dataset.
+    def boom(built: Path, final: Path) -> None:
+        shutil.copytree(built, final)  # even a half-moved copy ...
+        (final / prep.COMPLETE_FILE).unlink()  # ... without the marker is refused
+        raise _Interrupt("killed")
+
+    real_swap = prep._swap
+    monkeypatch.setattr(prep, "_swap", boom)
+    with pytest.raises(_Interrupt):
+        prepare("ucm", synth_trees["ucm"])
+    with pytest.raises(DatasetError, match="not prepared"):
+        load_prepared("ucm")
+    monkeypatch.setattr(prep, "_swap", real_swap)  # not undo(): that also resets data_env
+    report = prepare("ucm", synth_trees["ucm"])  # not mistaken for a finished one
+    assert not report.already_prepared and load_prepared("ucm").records
