@@ -53,6 +53,8 @@ class Profile:
     crop: int
     probe_epochs: int
     warmup_epochs: int = WARMUP_EPOCHS
+    # Tracing ResNet-50 into a graph costs ~30-60 s on a CPU, more than a few eager steps.
+    run_eagerly: bool = False
 
     @property
     def resize(self) -> int:
@@ -64,7 +66,8 @@ PROFILES: dict[str, Profile] = {
     # A CPU can run the whole grid on synthetic data in minutes at 64 px.
     "demo": Profile("demo", epochs=3, batch_size=32, crop=64, probe_epochs=30, warmup_epochs=1),
     # The smallest run that still goes through every code path (tests).
-    "smoke": Profile("smoke", epochs=1, batch_size=8, crop=32, probe_epochs=2, warmup_epochs=1),
+    "smoke": Profile("smoke", epochs=1, batch_size=8, crop=32, probe_epochs=2, warmup_epochs=1,
+                     run_eagerly=True),
 }
 DEFAULT_PROFILE = "paper"
 

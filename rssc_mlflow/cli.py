@@ -1,0 +1,374 @@
+"""`rssc`: the command line. One command per entry point, no logic of its own.
+
+Every command turns an `RsscError` into one paragraph on stderr and exit status 1, so a user
+never sees a bare traceback for a mistake they can fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from rssc_mlflow import protocol
+from rssc_mlflow.errors import RsscError
+
+app = typer.Typer(help=__doc__.splitlines()[0] + "\n\nReproduce 'The Role of Pre-Training in "
+                  "High-Resolution Remote Sensing Scene Classification' as MLflow runs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+splits_app = typer.Typer(help="Stratified splits and the authors' split files.",
+                         no_args_is_help=True)
+weights_app = typer.Typer(help="Pre-trained backbones in the MLflow model registry.",
+                          no_args_is_help=True)
+app.add_typer(splits_app, name="splits")
+app.add_typer(weights_app, name="weights")
+
+
+def friendly(func: Callable) -> Callable:
+    """Report user errors as one paragraph and exit 1 instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RsscError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+# --- Data ----------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def datasets(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the catalog's datasets, whether each is prepared and how many images it holds."""
+    from rssc_mlflow.data.prepare import status
+
+    rows = status()
+    if as_json:
+        _echo_json(rows)
+        return
+    typer.echo(f"{'key':<18} {'task':<6} {'classes':>7} {'expected':>9} {'prepared':>9}  download")
+    for r in rows:
+        prepared = (f"{r['images']:,}" + (" synth" if r.get("synthetic") else "")
+                    if r["prepared"] else "no")
+        typer.echo(f"{r['key']:<18} {r['task']:<6} {r['classes']:>7} {r['expected_images']:>9,} "
+                   f"{prepared:>9}  {r['download_page']}")
+
+
+@app.command()
+@friendly
+def prepare(
+    key: Annotated[str, typer.Argument(help="Dataset key (see `rssc datasets`).")],
+    manual_dir: Annotated[Path, typer.Option(help="The unpacked download: the archive's top "
+                                             "folder or the folder that contains it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option(help="Skip unreadable images (listed).")] = False,
+) -> None:
+    """Build a dataset from its official download into $RSSC_DATA_DIR (tensorflow-datasets)."""
+    from rssc_mlflow.data.prepare import prepare as prepare_dataset
+
+    progress = None if as_json else (lambda msg: typer.echo(msg, err=True))
+    report = prepare_dataset(key, manual_dir, force=force, skip_corrupt=skip_corrupt,
+                             progress=progress)
+    out = report.to_json()
+    if as_json:
+        _echo_json(out)
+        return
+    state = "already prepared" if out.get("already_prepared") else "prepared"
+    typer.echo(f"{key}: {state}, {out['images']:,} images in {len(out['per_class'])} classes"
+               + (" (SYNTHETIC)" if out["synthetic"] else ""))
+    for note in filter(None, [out.get("count_note")]):
+        typer.echo(f"note: {note}")
+    if out["skipped"]:
+        typer.echo(f"skipped {len(out['skipped'])} corrupt images: {', '.join(out['skipped'][:5])}")
+    if out.get("anomalies"):
+        typer.echo(f"label anomalies: {json.dumps(out['anomalies'], default=str)[:400]}")
+
+
+@app.command()
+@friendly
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the stand-in downloads into.")],
+    images_per_class: Annotated[int, typer.Option(help="Images per class.")] = 10,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels (AID: x600/256).")] = 64,
+    datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated keys; default all.")] = "",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write synthetic stand-ins of the datasets in their official on-disk layouts."""
+    from rssc_mlflow.data.synth import write_synthetic
+
+    keys = [k.strip() for k in datasets.split(",") if k.strip()] or None
+    if keys:
+        from rssc_mlflow.data.catalog import get_spec
+
+        for k in keys:
+            get_spec(k)
+    written = write_synthetic(out, keys=keys, images_per_class=images_per_class,
+                              image_size=image_size, seed=seed)
+    for key, path in written.items():
+        typer.echo(f"{key:<18} {path}   (SYNTHETIC) -> rssc prepare {key} --manual-dir {path}")
+
+
+@splits_app.command("make")
+@friendly
+def splits_make(
+    key: Annotated[str, typer.Argument(help="Dataset key.")],
+    role: Annotated[str, typer.Option(help="source (80/20) or target (20/80).")] = "target",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = protocol.SEED,
+) -> None:
+    """Make (or show) the persisted stratified split of a prepared dataset."""
+    from rssc_mlflow.data.prepare import load_prepared
+    from rssc_mlflow.data.splits import get_split, split_path
+
+    manifest = get_split(load_prepared(key), role, seed=seed)
+    typer.echo(f"{key} {role} seed {seed}: {len(manifest.train)} train, {len(manifest.test)} test, "
+               f"digest {manifest.digest[:16]} -> {split_path(key, role, seed)}")
+
+
+@splits_app.command("import")
+@friendly
+def splits_import(
+    pickle_file: Annotated[Path, typer.Argument(help="The authors' *-split.pkl file.")],
+    dataset: Annotated[str, typer.Option(help="Dataset key the split belongs to.")],
+) -> None:
+    """Convert an authors' pickle split file (loaded safely) into a split manifest."""
+    from rssc_mlflow.data.prepare import load_prepared
+    from rssc_mlflow.data.splits import import_authors_split, save_imported
+
+    prepared = load_prepared(dataset)
+    manifest = import_authors_split(pickle_file, dataset, prepared.records,
+                                    dataset_digest=prepared.manifest_digest)
+    path = save_imported(manifest)
+    typer.echo(f"imported {len(manifest.train)} train / {len(manifest.test)} test files -> {path}\n"
+               f"use it with: --split-file {path}")
+
+
+# --- Training and transfer ------------------------------------------------------------------
+
+Profile = Annotated[str, typer.Option(help="paper (PROTOCOL.md), demo (CPU) or smoke (tests).")]
+Epochs = Annotated[Optional[int], typer.Option(help="Epochs (default: the profile's).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Batch size (default: the profile's).")]
+ImageSize = Annotated[Optional[int], typer.Option(help="Crop side, divisible by 32 (paper: 256).")]
+Seed = Annotated[int, typer.Option(help="Seed for splits, initialisation and augmentation.")]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the schedule rule).")]
+Preproc = Annotated[Optional[str], typer.Option(help="unit, imagenet-rgb or imagenet-caffe (default: from the model's lineage).")]
+Precision = Annotated[str, typer.Option(help="float32 or mixed (float16 on GPU, bfloat16 on CPU).")]
+Strategy = Annotated[str, typer.Option(help="auto, mirrored or multiworker (tf.distribute).")]
+SplitFile = Annotated[Optional[str], typer.Option(help="A split manifest to use instead of the stratified split.")]
+Resume = Annotated[Optional[str], typer.Option(help="Continue an interrupted run (its run id).")]
+LogModel = Annotated[bool, typer.Option(help="Log the trained Keras model to MLflow.")]
+
+
+def _common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision,
+            split_file) -> dict[str, Any]:
+    return dict(profile=profile, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                seed=seed, lr=lr, preprocessing=preprocessing, precision=precision,
+                split_file=split_file)
+
+
+def _report(result) -> None:
+    if result.synthetic:
+        typer.echo("SYNTHETIC DATA: not comparable to the paper.")
+    typer.echo(f"run {result.run_id} FINISHED " + " ".join(
+        f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    if result.model_name:
+        typer.echo(f"registered models:/{result.model_name}/{result.model_version}")
+
+
+@app.command()
+@friendly
+def pretrain(source: Annotated[str, typer.Option(help="Dataset key to train on from scratch.")],
+             profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
+             batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
+             lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
+             strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None) -> None:
+    """Train ResNet-50 from scratch on SOURCE's 80%; registers rssc-resnet50-SOURCE."""
+    from rssc_mlflow.commands import pretrain as run
+
+    _report(run(source, resume=resume, strategy=strategy,
+                **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
+
+
+@app.command()
+@friendly
+def adapt(source: Annotated[str, typer.Option(help="Dataset key to adapt ImageNet weights to.")],
+          profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
+          batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
+          lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
+          strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None) -> None:
+    """Fine-tune ImageNet ResNet-50 on SOURCE's 80%; registers rssc-resnet50-imagenet-SOURCE."""
+    from rssc_mlflow.commands import adapt as run
+
+    _report(run(source, resume=resume, strategy=strategy,
+                **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
+
+
+@app.command()
+@friendly
+def finetune(source: Annotated[str, typer.Option(help="Model reference: scratch, imagenet, KEY, imagenet+KEY, models:/..., FILE.")],
+             target: Annotated[str, typer.Option(help="Target dataset key.")],
+             profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
+             batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
+             lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
+             strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None,
+             log_model: LogModel = True) -> None:
+    """Fine-tune the whole network from SOURCE on TARGET's 20%, test on its 80%."""
+    from rssc_mlflow.commands import finetune as run
+
+    _report(run(source, target, resume=resume, strategy=strategy, log_model=log_model,
+                **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
+
+
+@app.command()
+@friendly
+def extract(source: Annotated[str, typer.Option(help="Model reference (not scratch).")],
+            target: Annotated[str, typer.Option(help="Target dataset key.")],
+            profile: Profile = protocol.DEFAULT_PROFILE, batch_size: BatchSize = None,
+            image_size: ImageSize = None, seed: Seed = protocol.SEED,
+            preprocessing: Preproc = None, precision: Precision = "float32",
+            split_file: SplitFile = None) -> None:
+    """Write 2048-d features of TARGET's split (train and test) as a run artifact."""
+    from rssc_mlflow.commands import extract as run
+
+    _report(run(source, target, **_common(profile, None, batch_size, image_size, seed, None,
+                                          preprocessing, precision, split_file)))
+
+
+@app.command()
+@friendly
+def probe(source: Annotated[str, typer.Option(help="Model reference (not scratch).")],
+          target: Annotated[str, typer.Option(help="Target dataset key.")],
+          solver: Annotated[str, typer.Option(help="adam (faithful) or lbfgs (scikit-learn).")] = "adam",
+          standardize: Annotated[bool, typer.Option(help="Standardise features (the authors did not).")] = False,
+          profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
+          batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
+          lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
+          split_file: SplitFile = None) -> None:
+    """Train a linear classifier on frozen SOURCE features of TARGET (reuses extracted features)."""
+    from rssc_mlflow.commands import probe as run
+
+    _report(run(source, target, solver=solver, standardize=standardize,
+                **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
+
+
+@app.command()
+@friendly
+def summarize(
+    experiment: Annotated[str, typer.Option(help="Experiment to read ('' = all experiments).")] = "rssc",
+    out: Annotated[Path, typer.Option(help="Folder for the tables, figures and summary.html.")] = Path("rssc_outputs/summary"),
+    multilabel_metric: Annotated[str, typer.Option(help="f1_micro, f1_macro, f1_weighted, f1_samples or map.")] = "f1_micro",
+) -> None:
+    """Rebuild Tables II-IV and Figures 1-3 from the tracking store, next to the paper's numbers."""
+    from rssc_mlflow.results.summarize import summarize as build
+
+    result = build(experiment or None, out, multilabel_metric=multilabel_metric)
+    typer.echo(result.console)
+    typer.echo(f"\nwritten to {result.out} (open {result.out / 'summary.html'}); "
+               f"logged as run {result.run_id}")
+
+
+# --- Registry and server ---------------------------------------------------------------------
+
+
+@weights_app.command("list")
+@friendly
+def weights_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered backbones with their versions, aliases and preprocessing."""
+    from rssc_mlflow.tracking.registry import list_models
+
+    rows = list_models()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no rssc-resnet50-* models registered yet (run `rssc pretrain` or `rssc adapt`)")
+    for r in rows:
+        aliases = ",".join("@" + a for a in r["aliases"]) or "-"
+        typer.echo(f"{r['name']:<36} v{r['version']:<4} {aliases:<14} "
+                   f"preprocessing={r.get('preprocessing', '?')} synthetic={r.get('synthetic', '?')}")
+
+
+@weights_app.command("download")
+@friendly
+def weights_download(
+    reference: Annotated[str, typer.Argument(help="KEY, imagenet+KEY or models:/... URI.")],
+    out: Annotated[Path, typer.Option(help="Folder to write model.keras and the notop weights into.")],
+    profile: Profile = protocol.DEFAULT_PROFILE,
+) -> None:
+    """Write a registered model (.keras) and its backbone as a Keras notop weight file."""
+    from rssc_mlflow.tracking.registry import download
+
+    for path in download(reference, out, profile=profile):
+        typer.echo(str(path))
+
+
+@weights_app.command("import")
+@friendly
+def weights_import(
+    file: Annotated[Path, typer.Argument(help="A .keras or .h5 ResNet-50 (e.g. the authors' release).")],
+    source: Annotated[str, typer.Option(help="Dataset key it was trained on.")],
+    init: Annotated[str, typer.Option(help="scratch or imagenet: how it was initialised.")] = "scratch",
+    profile: Profile = protocol.DEFAULT_PROFILE,
+    preprocessing: Preproc = None,
+) -> None:
+    """Register an external model file after checking it is a ResNet-50 of the expected shapes."""
+    from rssc_mlflow.tracking.registry import import_model
+
+    name, version = import_model(file, source_key=source, init=init, profile=profile,
+                                 preprocessing=preprocessing)
+    typer.echo(f"registered models:/{name}/{version} (@{profile})")
+
+
+@app.command()
+@friendly
+def server(
+    host: Annotated[str, typer.Option(help="Interface to bind (default loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    backend_store_uri: Annotated[str, typer.Option(help="SQL store, e.g. postgresql://... .")] = "sqlite:///mlflow-server.db",
+    artifacts_destination: Annotated[str, typer.Option(help="Where proxied artifacts are kept.")] = "./mlartifacts",
+    auth: Annotated[bool, typer.Option(help="Run MLflow's basic-auth app (users from the environment).")] = False,
+) -> None:
+    """Start a team `mlflow server` with a SQL backend and proxied artifacts."""
+    from rssc_mlflow.tracking.server import server_command
+
+    cmd = server_command(host=host, port=port, backend_store_uri=backend_store_uri,
+                         artifacts_destination=artifacts_destination, auth=auth)
+    typer.echo(f"starting: {' '.join(cmd)}\nclients: export MLFLOW_TRACKING_URI=http://{host}:{port}")
+    os.execvp(cmd[0], cmd)
+
+
+def run_entry_point(command: str, argv: list[str]) -> None:
+    """MLproject scripts: drop parameters left at "default", then run `rssc COMMAND ...`."""
+    args: list[str] = []
+    it = iter(argv)
+    for flag in it:
+        value = next(it, "")
+        if value in ("default", ""):
+            continue
+        if value in ("true", "false") and flag in ("--standardize", "--log-model"):
+            args.append(flag if value == "true" else flag.replace("--", "--no-", 1))
+            continue
+        args += [flag, value]
+    app([command, *args], prog_name="rssc")
+
+
+def main() -> None:  # pragma: no cover - console script
+    app(prog_name="rssc")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

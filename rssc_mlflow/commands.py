@@ -1,0 +1,400 @@
+"""The library API behind every entry point: pretrain, adapt, extract, probe, finetune.
+
+The CLI (`rssc ...`), the MLproject scripts and Python users all call these functions. Each one
+resolves its settings and inputs *before* opening an MLflow run (so bad input costs nothing and
+leaves no run), then does its work inside `tracked_run`, which marks the run FAILED with the
+reason if anything goes wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+
+from rssc_mlflow import config, models
+from rssc_mlflow.data import pipeline, splits
+from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
+from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
+from rssc_mlflow.errors import RsscError
+from rssc_mlflow.protocol import get_profile
+from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_settings
+from rssc_mlflow.tracking import registry, runs
+from rssc_mlflow.training import fit as fit_lib
+from rssc_mlflow.training import metrics as metrics_lib
+from rssc_mlflow.training import transfer
+from rssc_mlflow.training.schedule import peak_lr_for
+
+FEATURES_ARTIFACT = "features/features.npz"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a command returns: the run and its final metrics (fractions in [0, 1])."""
+
+    run_id: str
+    stage: str
+    metrics: dict[str, float]
+    synthetic: bool
+    model_name: str = ""
+    model_version: str = ""
+
+
+# --- Inputs -------------------------------------------------------------------------------------
+
+
+def _same_images(a: str, b: str) -> bool:
+    """MLRSNet's single-/multi-label variants and subsets are the same images."""
+    family = lambda k: "mlrsnet" if get_spec(k).is_mlrsnet else k  # noqa: E731
+    return family(a) == family(b)
+
+
+def _check_pair(source: str, target: str) -> None:
+    src = source.partition("+")[2] if "+" in source else source
+    if src in CATALOG and _same_images(src, target):
+        raise RsscError(
+            f"Source {source!r} and target {target!r} share their images: the protocol never "
+            "uses one dataset as both source and target in the same experiment."
+        )
+
+
+@dataclasses.dataclass
+class _Data:
+    prepared: PreparedDataset
+    split: splits.SplitManifest
+    spec: DatasetSpec
+
+    @property
+    def label_key(self) -> str:
+        return "labels" if self.spec.multilabel else "label"
+
+
+def _load_data(key: str, role: str, settings: RunSettings) -> _Data:
+    prepared = load_prepared(key)
+    split = splits.get_split(prepared, role, seed=settings.seed,
+                             split_file=Path(settings.split_file) if settings.split_file else None)
+    return _Data(prepared, split, prepared.spec)
+
+
+def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, augment_train: bool):
+    """(train, test) tf.data pipelines for a split, decoded and resized once (cached)."""
+    examples = data.prepared.examples()
+    cache_root = config.cache_dir() / data.spec.key / data.split.digest[:16]
+    out = []
+    for part, files in (("train", data.split.train), ("test", data.split.test)):
+        out.append(pipeline.make_dataset(
+            pipeline.filter_examples(examples, files),
+            training=augment_train and part == "train", crop=settings.image_size,
+            batch_size=settings.batch_size, preprocessing=preprocessing, seed=settings.seed,
+            cache_path=cache_root / part, num_examples=len(files), label_key=data.label_key,
+        ))
+    return out[0], out[1]
+
+
+def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
+                   source: registry.ResolvedSource | None) -> None:
+    """Params, the tags that identify the result, inputs and the split manifest."""
+    runs.log_params({**settings.as_params(), "effective_preprocessing": preprocessing})
+    tags = {
+        runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),
+        runs.TAG_SYNTHETIC: str(data.prepared.synthetic).lower(),
+        runs.TAG_FINGERPRINT: fingerprint, runs.TAG_DATASET_DIGEST: data.prepared.manifest_digest,
+        runs.TAG_SPLIT_DIGEST: data.split.digest, runs.TAG_PREPROCESSING: preprocessing,
+    }
+    if source is not None:
+        tags.update({runs.TAG_LINEAGE_NAME: source.model_name or source.kind,
+                     runs.TAG_LINEAGE_VERSION: source.version,
+                     runs.TAG_LINEAGE_RUN: source.run_id, runs.TAG_LINEAGE_URI: source.uri})
+        if source.note:
+            tags["rssc.lineage.note"] = source.note
+    mlflow.set_tags(tags)
+    for part, files in (("train", data.split.train), ("test", data.split.test)):
+        runs.log_dataset_input(f"{data.spec.key}-{data.split.role}-{part}", data.prepared.path,
+                               digest=data.split.digest, context="training" if part == "train" else "evaluation",
+                               tags={"images": str(len(files)), "split_role": data.split.role,
+                                     "dataset_digest": data.prepared.manifest_digest})
+    runs.log_json_artifact(data.split.to_json(), f"split/{data.spec.key}-{data.split.role}.json")
+    if data.prepared.synthetic:
+        runs.announce(runs.SYNTHETIC_BANNER)
+
+
+def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Final metrics (`test_*`), a per-class report and, single-label, a confusion matrix PNG."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if spec.multilabel:
+            result = metrics_lib.multi_label_metrics(y_true, probs)
+            final = {f"test_{k}": float(v) for k, v in result.items()
+                     if k.startswith("f1_") or k in ("map", "subset_accuracy", "hamming_loss")}
+        else:
+            result = metrics_lib.single_label_metrics(y_true, probs, spec.classes)
+            final = {"test_accuracy": result["accuracy"]}
+            metrics_lib.confusion_matrix_png(y_true, result["y_pred"], spec.classes,
+                                             tmp / "confusion_matrix.png")
+        report = metrics_lib.classification_report_text(y_true, probs, task=spec.task,
+                                                        class_names=spec.classes)
+        (tmp / "per_class_report.txt").write_text(report)
+        mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
+    mlflow.log_metrics(final)
+    return final
+
+
+def _already_logged_epochs(run_id: str) -> set[int]:
+    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+    return {m.step for m in history}
+
+
+def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
+    """Rebuild the settings a run was started with (for --resume)."""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001
+        raise RsscError(f"Cannot resume run {run_id!r}: it is not in the tracking store at "
+                        f"{mlflow.get_tracking_uri()}.") from None
+    p = run.data.params
+    opt = lambda k: None if p.get(k, "default") == "default" else p[k]  # noqa: E731
+    settings = resolve_settings(
+        p["stage"], source=p["source"], target=p.get("target", ""), profile=p["profile"],
+        epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
+        image_size=int(p["image_size"]), seed=int(p["seed"]),
+        lr=float(opt("lr")) if opt("lr") else None, preprocessing=opt("preprocessing"),
+        precision=p["precision"], strategy=p["strategy"], split_file=opt("split_file"),
+        solver=p.get("solver", "adam"), standardize=p.get("standardize") == "True",
+    )
+    return settings.stage, settings
+
+
+# --- Training stages -------------------------------------------------------------------------
+
+
+def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
+           register_as: str | None, resume: str | None, log_model: bool) -> RunResult:
+    """Shared body of pretrain, adapt and finetune."""
+    data = _load_data(data_key, role, settings)
+    source = registry.resolve_source(reference, profile=settings.profile,
+                                     preprocessing=settings.preprocessing)
+    preprocessing = source.preprocessing
+    peak_lr = settings.lr or peak_lr_for(source.lineage if source.pretrained else "scratch")
+    profile = get_profile(settings.profile)
+    prof_warmup = min(settings.epochs, profile.warmup_epochs)
+    fingerprint = protocol_fingerprint(settings, preprocessing=preprocessing, peak_lr=peak_lr,
+                                       synthetic=data.prepared.synthetic,
+                                       warmup_epochs=prof_warmup, upstream=source.fingerprint)
+    spec = data.spec
+    display_source = settings.source if settings.stage == "finetune" else data_key
+    with runs.tracked_run(settings.stage, display_source, settings.target,
+                          resume_run_id=resume) as run:
+        run_id = run.info.run_id
+        _record_inputs(data, settings, fingerprint, preprocessing, source)
+        checkpoint_dir = config.checkpoint_dir() / run_id
+        mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
+        policy = models.set_precision(settings.precision)
+        mlflow.set_tag("rssc.dtype_policy", policy)
+        strategy = models.make_strategy(settings.strategy)
+        train_ds, test_ds = _datasets(data, settings, preprocessing, augment_train=True)
+        steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
+        runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
+                      f"{len(data.split.train)} training images, {len(data.split.test)} "
+                      f"evaluation images, {settings.epochs} epochs, run {run_id}")
+        with strategy.scope():
+            model = models.build_classifier(spec.num_classes, spec.task, crop=settings.image_size)
+            source.backbone_into(model)
+            schedule = fit_lib.compile_for_training(
+                model, task=spec.task, peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
+                epochs=settings.epochs, warmup_epochs=prof_warmup,
+                run_eagerly=profile.run_eagerly)
+        fit_lib.fit(model, train_ds, test_ds, epochs=settings.epochs, schedule=schedule,
+                    checkpoint_dir=checkpoint_dir,
+                    log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
+                    already_logged=_already_logged_epochs(run_id) if resume else None)
+        probs, y_true = fit_lib.predict_with_labels(model, test_ds)
+        final = _log_evaluation(spec, y_true, probs)
+        name = version = ""
+        if register_as or log_model:
+            sample = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
+            signature = infer_signature(sample.numpy(), np.asarray(model(sample, training=False)))
+            models.set_precision("float32")  # logging must not depend on the training policy
+            if register_as:
+                name, version = registry.register(
+                    model, source_key=data_key, init=register_as, profile=settings.profile,
+                    preprocessing=preprocessing, fingerprint=fingerprint,
+                    synthetic=data.prepared.synthetic, crop=settings.image_size,
+                    signature=signature)
+                runs.announce(f"registered {name} version {version} as @{settings.profile}")
+            else:
+                mlflow.keras.log_model(model, name="model", signature=signature,
+                                       pip_requirements=registry.PIP_REQUIREMENTS)
+        runs.announce(f"done: {_format_metrics(final)}")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is FINISHED: no resume needed
+    return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
+
+
+def _format_metrics(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={100 * v:.2f}%" if k != "test_hamming_loss" else f"{k}={v:.4f}"
+                     for k, v in values.items())
+
+
+def _resume_or(stage: str, resume: str | None, **params: Any) -> RunSettings:
+    if resume:
+        stage_of_run, settings = _settings_from_run(resume)
+        if stage_of_run != stage:
+            raise RsscError(f"Run {resume} is a {stage_of_run} run; resume it with "
+                            f"`rssc {stage_of_run} --resume {resume}`.")
+        return settings
+    return resolve_settings(stage, **params)
+
+
+def _dataset_key(key: str) -> str:
+    return get_spec(key).key  # a DatasetError naming the known keys when it is not one
+
+
+def pretrain(source: str, *, resume: str | None = None, log_model: bool = True,
+             **params: Any) -> RunResult:
+    """Train ResNet-50 from scratch on `source`'s 80%, evaluate on its 20%, register it."""
+    settings = _resume_or("pretrain", resume, source=source, **params)
+    key = _dataset_key(settings.source)
+    return _train(settings, data_key=key, role="source", reference="scratch",
+                  register_as="scratch", resume=resume, log_model=log_model)
+
+
+def adapt(source: str, *, resume: str | None = None, log_model: bool = True,
+          **params: Any) -> RunResult:
+    """Fine-tune the ImageNet ResNet-50 on `source`'s 80% (domain-adaptive pre-training)."""
+    settings = _resume_or("adapt", resume, source=source, **params)
+    key = _dataset_key(settings.source)
+    return _train(settings, data_key=key, role="source", reference="imagenet",
+                  register_as="imagenet", resume=resume, log_model=log_model)
+
+
+def finetune(source: str, target: str, *, resume: str | None = None, log_model: bool = True,
+             **params: Any) -> RunResult:
+    """Fine-tune the whole network from `source` on `target`'s 20%, test on its 80%."""
+    settings = _resume_or("finetune", resume, source=source, target=target, **params)
+    key = _dataset_key(settings.target)
+    _check_pair(settings.source, key)
+    return _train(settings, data_key=key, role="target", reference=settings.source,
+                  register_as=None, resume=resume, log_model=log_model)
+
+
+# --- Features and the probe -------------------------------------------------------------------
+
+
+def _feature_key(source: registry.ResolvedSource, split: splits.SplitManifest,
+                 preprocessing: str, crop: int) -> str:
+    """Features are reusable when the model version, split, preprocessing and crop match."""
+    weights_id = source.uri
+    if source.kind in ("imagenet", "file") and source._path is not None:
+        weights_id += ":" + _file_sha256(Path(source._path))
+    blob = json.dumps([weights_id, source.version, split.digest, preprocessing, crop])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _find_features(feature_key: str) -> tuple[str, Path] | None:
+    """A FINISHED run that already holds features with this key, downloaded."""
+    found = mlflow.search_runs(
+        search_all_experiments=True, output_format="list", max_results=5,
+        filter_string=f"tags.`{runs.TAG_FEATURE_KEY}` = '{feature_key}' and "
+                      "attributes.status = 'FINISHED'")
+    for run in found:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                       artifact_path=FEATURES_ARTIFACT)
+            return run.info.run_id, Path(path)
+        except Exception:  # noqa: BLE001 - artifact missing or unreachable: recompute
+            continue
+    return None
+
+
+def _features(settings: RunSettings, data: _Data, source: registry.ResolvedSource,
+              preprocessing: str) -> dict[str, np.ndarray]:
+    """Load features of the target split from an earlier run, or extract and log them."""
+    key = _feature_key(source, data.split, preprocessing, settings.image_size)
+    mlflow.set_tag(runs.TAG_FEATURE_KEY, key)
+    cached = _find_features(key)
+    if cached:
+        run_id, path = cached
+        mlflow.set_tag("rssc.features_from_run", run_id)
+        runs.announce(f"reusing features of run {run_id}")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    models.set_precision(settings.precision)
+    model = models.build_classifier(data.spec.num_classes, data.spec.task, crop=settings.image_size)
+    source.backbone_into(model)
+    backbone = models.backbone_of(model)
+    train_ds, test_ds = _datasets(data, settings, preprocessing, augment_train=False)
+    runs.announce(f"extracting features of {len(data.split.train) + len(data.split.test)} images")
+    train_x, train_y = transfer.extract_features(backbone, train_ds)
+    test_x, test_y = transfer.extract_features(backbone, test_ds)
+    models.set_precision("float32")
+    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
+              "train_files": np.asarray(data.split.train), "test_files": np.asarray(data.split.test)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(FEATURES_ARTIFACT).name
+        np.savez(path, **arrays)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(FEATURES_ARTIFACT).parent))
+    return arrays
+
+
+def _transfer_setup(stage: str, source: str, target: str, params: dict[str, Any]):
+    settings = resolve_settings(stage, source=source, target=target, **params)
+    key = _dataset_key(settings.target)
+    _check_pair(settings.source, key)
+    if settings.source == "scratch":
+        raise RsscError(f"`{stage}` needs a pre-trained source: features of a random network "
+                        "are not part of the protocol. Use `finetune --source scratch` for the "
+                        "from-scratch baseline.")
+    data = _load_data(key, "target", settings)
+    resolved = registry.resolve_source(settings.source, profile=settings.profile,
+                                       preprocessing=settings.preprocessing)
+    return settings, data, resolved
+
+
+def extract(source: str, target: str, **params: Any) -> RunResult:
+    """Write 2048-d features of `target`'s split (train and test) as a run artifact."""
+    settings, data, resolved = _transfer_setup("extract", source, target, params)
+    fingerprint = protocol_fingerprint(settings, preprocessing=resolved.preprocessing, peak_lr=0.0,
+                                       synthetic=data.prepared.synthetic, warmup_epochs=0,
+                                       upstream=resolved.fingerprint)
+    with runs.tracked_run("extract", settings.source, settings.target) as run:
+        _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
+        arrays = _features(settings, data, resolved, resolved.preprocessing)
+        mlflow.log_metrics({"train_images": len(arrays["train_x"]),
+                            "test_images": len(arrays["test_x"])})
+    return RunResult(run.info.run_id, "extract", {}, data.prepared.synthetic)
+
+
+def probe(source: str, target: str, **params: Any) -> RunResult:
+    """Train a linear classifier on frozen features of `source` for `target` (Fig. 1, Table III)."""
+    settings, data, resolved = _transfer_setup("probe", source, target, params)
+    lr = settings.lr or (0.0 if settings.solver == "lbfgs" else None)
+    fingerprint = protocol_fingerprint(settings, preprocessing=resolved.preprocessing,
+                                       peak_lr=settings.lr or 1e-3, synthetic=data.prepared.synthetic,
+                                       warmup_epochs=0, upstream=resolved.fingerprint)
+    with runs.tracked_run("probe", settings.source, settings.target) as run:
+        _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
+        arrays = _features(settings, data, resolved, resolved.preprocessing)
+        result = transfer.train_probe(
+            arrays["train_x"], arrays["train_y"], arrays["test_x"], task=data.spec.task,
+            num_classes=data.spec.num_classes, solver=settings.solver,
+            standardize=settings.standardize, epochs=settings.epochs,
+            batch_size=settings.batch_size, lr=lr or None, seed=settings.seed)
+        runs.log_history(run.info.run_id, result.history)
+        final = _log_evaluation(data.spec, arrays["test_y"], result.test_probs)
+        runs.announce(f"done: {_format_metrics(final)}")
+    return RunResult(run.info.run_id, "probe", final, data.prepared.synthetic)

@@ -1,0 +1,664 @@
+"""Tables II-IV and Figures 1-3 of the paper, rebuilt from the tracking store alone.
+
+`summarize` fetches every FINISHED run once (paged), puts each run into the cell its tags name
+(`paper.LAYOUTS`), and writes Markdown, CSV, LaTeX, heatmap PNGs, one self-contained HTML page
+and a console rendering; then it logs them all as artifacts of a new `summarize` run.
+
+Which runs a cell shows (documented, because a cell must never mix incomparable runs):
+1. Runs are grouped by (synthetic, protocol fingerprint). Only one group is shown:
+   real data before synthetic; then the group with the most seeds; on a tie, the group holding
+   the most recent run. The other groups are listed in a footnote with their run counts.
+2. Inside the group, a seed counts once: a re-run with the same seed replaces the older run
+   (latest start time wins). Runs without a seed tag count as distinct seeds.
+3. One run: its value. Several: `mean ± std (n=K)`, sample std (ddof=1).
+Values are percentages with two decimals; multi-label datasets use `test_<multilabel_metric>`,
+single-label ones `test_accuracy`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import html
+import io
+import math
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+from rssc_mlflow import __version__
+from rssc_mlflow.errors import RsscError
+from rssc_mlflow.results.paper import LAYOUTS, CellSpec, Layout
+from rssc_mlflow.tracking import runs as tracking
+
+MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples", "map")
+SINGLE_LABEL_METRIC = "test_accuracy"
+STAGES = ("pretrain", "adapt", "finetune", "probe")
+SUMMARY_STAGE = "summarize"
+BANNER = ("SYNTHETIC DATA: these numbers come from synthetic stand-in images and are NOT "
+          "comparable to the paper.")
+PAGE_SIZE = 1000  # runs per search page; the sqlite store answers 1,000 runs in about a second
+
+CellStatus = Literal["value", "missing", "n/a"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What summarize needs of one finished run, read from its tags and final metrics."""
+
+    run_id: str
+    stage: str
+    source: str
+    target: str
+    fingerprint: str
+    synthetic: bool
+    seed: str
+    start_time: int
+    metrics: dict[str, float]
+
+    @classmethod
+    def from_run(cls, run: Run) -> RunRecord:
+        tags = run.data.tags
+        stage = tags.get(tracking.TAG_STAGE, "")
+        return cls(
+            run_id=run.info.run_id,
+            stage=stage,
+            source=tags.get(tracking.TAG_SOURCE, ""),
+            # pretrain/adapt have no target; ignore whatever the tag says.
+            target="" if stage in ("pretrain", "adapt") else tags.get(tracking.TAG_TARGET, ""),
+            fingerprint=tags.get(tracking.TAG_FINGERPRINT, ""),
+            synthetic=tags.get(tracking.TAG_SYNTHETIC, "false").strip().lower() == "true",
+            seed=tags.get(tracking.TAG_SEED, ""),
+            start_time=int(run.info.start_time or 0),
+            metrics=dict(run.data.metrics),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One (synthetic, fingerprint) group of a cell, and how many seeds it has."""
+
+    synthetic: bool
+    fingerprint: str
+    n: int
+
+    def describe(self) -> str:
+        data = "synthetic" if self.synthetic else "real"
+        return f"{data} data, fingerprint {self.fingerprint[:12] or '(none)'}, n={self.n}"
+
+
+@dataclasses.dataclass
+class CellResult:
+    """One cell as shown: its spec (None = n/a), the values behind it, and its text."""
+
+    row: str
+    col: str
+    spec: CellSpec | None
+    metric: str = ""
+    values: list[float] = dataclasses.field(default_factory=list)  # %, one per seed
+    run_ids: list[str] = dataclasses.field(default_factory=list)
+    shown: Variant | None = None
+    others: list[Variant] = dataclasses.field(default_factory=list)
+    skipped: int = 0  # finished runs lacking the metric
+
+    @property
+    def status(self) -> CellStatus:
+        if self.spec is None:
+            return "n/a"
+        return "value" if self.values else "missing"
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if self.n > 1 else None  # sample std, ddof=1
+
+    @property
+    def paper(self) -> float | None:
+        return self.spec.paper if self.spec else None
+
+    @property
+    def diff(self) -> float | None:
+        """Reproduced minus published, in percentage points."""
+        if self.mean is None or self.paper is None:
+            return None
+        return self.mean - self.paper
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.shown and self.shown.synthetic)
+
+    @property
+    def command(self) -> str | None:
+        return self.spec.command if self.status == "missing" and self.spec else None
+
+    @property
+    def text(self) -> str:
+        if self.status == "n/a":
+            return "n/a"
+        if self.mean is None:
+            return "-"
+        if self.std is None:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
+
+    @property
+    def paper_text(self) -> str:
+        return "" if self.paper is None else f"{self.paper:.2f}"
+
+    @property
+    def diff_text(self) -> str:
+        return "" if self.diff is None else f"{self.diff:+.2f}"
+
+
+@dataclasses.dataclass
+class TableResult:
+    layout: Layout
+    cells: dict[tuple[str, str], CellResult]
+    footnotes: dict[tuple[str, str], int]  # cell -> footnote number
+    footnote_texts: list[str]
+
+    def cell(self, row: str, col: str) -> CellResult:
+        return self.cells[(row, col)]
+
+    @property
+    def missing(self) -> list[str]:
+        return [c.command for c in self.cells.values() if c.command]
+
+
+@dataclasses.dataclass
+class SummaryResult:
+    out: Path
+    run_id: str
+    console: str
+    tables: dict[str, TableResult]  # by layout key: table2, ..., figure3b
+    missing: list[str]  # commands that would fill the missing cells, in layout order
+    synthetic: bool
+    files: list[Path]
+    multilabel_metric: str
+
+
+# --- Reading the store ---------------------------------------------------------------------------
+
+
+def _check_metric(multilabel_metric: str) -> str:
+    metric = multilabel_metric.strip().lower().removeprefix("test_")
+    if metric not in MULTILABEL_METRICS:
+        raise RsscError(
+            f"Unknown multi-label metric {multilabel_metric!r}. Choose one of: "
+            f"{', '.join(MULTILABEL_METRICS)}."
+        )
+    return metric
+
+
+def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    if experiment is None:
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                             page_token=token)
+            ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                return ids
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return [found.experiment_id]
+    if experiment == tracking.DEFAULT_EXPERIMENT:
+        return []  # nothing run yet: an all-missing summary tells what to run
+    names = [e.name for e in client.search_experiments(max_results=100)]
+    raise RsscError(
+        f"No experiment named {experiment!r} in the tracking store at "
+        f"{client.tracking_uri}. Experiments there: {', '.join(names) or '(none)'}."
+    )
+
+
+def fetch_runs(client: MlflowClient, experiment_ids: Sequence[str]) -> list[RunRecord]:
+    """All FINISHED runs of the transfer stages, in one paged pass over the store."""
+    if not experiment_ids:
+        return []
+    records: list[RunRecord] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            experiment_ids=list(experiment_ids),
+            filter_string="attributes.status = 'FINISHED'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=PAGE_SIZE,
+            page_token=token,
+        )
+        for run in page:
+            if run.data.tags.get(tracking.TAG_STAGE) in STAGES:
+                records.append(RunRecord.from_run(run))
+        token = page.token
+        if not token:
+            return records
+
+
+# --- Filling the cells ---------------------------------------------------------------------------
+
+
+def _metric_key(spec: CellSpec, multilabel_metric: str) -> str:
+    return f"test_{multilabel_metric}" if spec.multilabel else SINGLE_LABEL_METRIC
+
+
+def _latest_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """A re-run with the same seed replaces the earlier run; runs without a seed all count."""
+    by_seed: dict[str, RunRecord] = {}
+    for rec in sorted(records, key=lambda r: (r.start_time, r.run_id)):
+        by_seed[rec.seed or f"run:{rec.run_id}"] = rec
+    return sorted(by_seed.values(), key=lambda r: (r.start_time, r.run_id))
+
+
+def _choose_group(groups: dict[tuple[bool, str], list[RunRecord]]) -> tuple[bool, str]:
+    """Real before synthetic, then most seeds, then the group holding the most recent run."""
+    return min(groups, key=lambda g: (g[0], -len(groups[g]),
+                                      -max(r.start_time for r in groups[g])))
+
+
+def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRecord],
+              multilabel_metric: str) -> CellResult:
+    if spec is None:
+        return CellResult(row, col, None)
+    metric = _metric_key(spec, multilabel_metric)
+    usable = [r for r in records if metric in r.metrics and math.isfinite(r.metrics[metric])]
+    cell = CellResult(row, col, spec, metric=metric, skipped=len(records) - len(usable))
+    grouped: dict[tuple[bool, str], list[RunRecord]] = defaultdict(list)
+    for rec in usable:
+        grouped[(rec.synthetic, rec.fingerprint)].append(rec)
+    if not grouped:
+        return cell
+    groups = {key: _latest_per_seed(recs) for key, recs in grouped.items()}
+    chosen = _choose_group(groups)
+    shown = groups[chosen]
+    cell.values = [100.0 * r.metrics[metric] for r in shown]
+    cell.run_ids = [r.run_id for r in shown]
+    cell.shown = Variant(chosen[0], chosen[1], len(shown))
+    cell.others = [Variant(k[0], k[1], len(v)) for k, v in sorted(groups.items())
+                   if k != chosen]
+    return cell
+
+
+def build_table(layout: Layout, index: dict[tuple[str, str, str], list[RunRecord]],
+                multilabel_metric: str) -> TableResult:
+    cells: dict[tuple[str, str], CellResult] = {}
+    footnotes: dict[tuple[str, str], int] = {}
+    texts: list[str] = []
+    for row in layout.rows:
+        for col in layout.cols:
+            spec = layout.cell(row.key, col.key)
+            recs = index.get((spec.stage, spec.source, spec.target), []) if spec else []
+            cell = fill_cell(row.key, col.key, spec, recs, multilabel_metric)
+            cells[(row.key, col.key)] = cell
+            notes = []
+            if cell.others:
+                notes.append(f"shown: {cell.shown.describe()}; other variants not mixed in: "
+                             + "; ".join(v.describe() for v in cell.others))
+            if cell.skipped:
+                notes.append(f"{cell.skipped} finished run(s) without {cell.metric} ignored")
+            if notes:
+                texts.append(f"{row.label} / {col.label}: " + "; ".join(notes) + ".")
+                footnotes[(row.key, col.key)] = len(texts)
+    return TableResult(layout, cells, footnotes, texts)
+
+
+# --- Rendering -----------------------------------------------------------------------------------
+
+
+def _metric_note(metric: str) -> str:
+    return (f"Values in %. Single-label: test_accuracy; multi-label (MLRSNet multi-label): "
+            f"test_{metric}. Several seeds: mean ± sample std (n=seeds).")
+
+
+def grid(table: TableResult, markers: bool = True) -> tuple[list[str], list[list[str]]]:
+    """The table as the paper lays it out: a header and rows of strings."""
+    layout = table.layout
+
+    def mark(cell: CellResult) -> str:
+        num = table.footnotes.get((cell.row, cell.col))
+        return f"{cell.text} [{num}]" if markers and num else cell.text
+
+    header = [layout.row_header]
+    if layout.kind == "table":
+        for col in layout.cols:
+            prefix = "" if len(layout.cols) == 1 else f"{col.label}: "
+            header += [f"{prefix}Paper", f"{prefix}Reproduced", f"{prefix}Difference"]
+    else:
+        header += [c.label for c in layout.cols]
+    rows = []
+    for row in layout.rows:
+        line = [row.label]
+        for col in layout.cols:
+            cell = table.cell(row.key, col.key)
+            line += ([cell.paper_text, mark(cell), cell.diff_text] if layout.kind == "table"
+                     else [mark(cell)])
+        rows.append(line)
+    return header, rows
+
+
+def _notes(table: TableResult, code: str = "") -> list[str]:
+    """Footnotes, then the commands that fill the missing cells (quoted with `code`)."""
+    lines = [f"[{i}] {t}" for i, t in enumerate(table.footnote_texts, start=1)]
+    lines += [f"to fill: {code}{cmd}{code}" for cmd in table.missing]
+    return lines
+
+
+def render_text(table: TableResult, metric: str) -> str:
+    header, rows = grid(table)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    layout = table.layout
+    out = [f"{layout.title}: {layout.caption}", fmt(header),
+           "  ".join("-" * w for w in widths), *map(fmt, rows), _metric_note(metric),
+           *_notes(table)]
+    return "\n".join(out)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(table: TableResult, metric: str) -> str:
+    header, rows = grid(table)
+    layout = table.layout
+    out = [f"## {layout.title}", "", layout.caption, "",
+           "| " + " | ".join(map(_md_escape, header)) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    out += ["| " + " | ".join(map(_md_escape, r)) + " |" for r in rows]
+    out += ["", _metric_note(metric), ""]
+    out += [f"- {_md_escape(n)}" for n in _notes(table, code="`")]
+    return "\n".join(out).rstrip() + "\n"
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
+def _tex(text: str) -> str:
+    """Escape for LaTeX; `code` spans (commands in captions) become \\texttt."""
+    parts = text.split("`")
+    escaped = ["".join(_TEX_SPECIAL.get(ch, ch) for ch in part) for part in parts]
+    return "".join(f"\\texttt{{{e}}}" if i % 2 else e for i, e in enumerate(escaped))
+
+
+def render_latex(table: TableResult, metric: str, banner: bool) -> str:
+    header, rows = grid(table)
+    layout = table.layout
+    out = ["% Generated by rssc summarize; needs \\usepackage{booktabs}."]
+    if banner:
+        out += [f"% {BANNER}", f"\\noindent\\textbf{{{_tex(BANNER)}}}\\par"]
+    out += ["\\begin{table}[ht]", "\\centering", "\\small",
+            f"\\caption{{{_tex(layout.title + ': ' + layout.caption)}}}",
+            f"\\label{{tab:rssc-{layout.key}}}",
+            "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
+            " & ".join(_tex(h) for h in header) + " \\\\", "\\midrule"]
+    out += [" & ".join(_tex(v) for v in r) + " \\\\" for r in rows]
+    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", "", f"% {_metric_note(metric)}"]
+    out += [f"% {n}" for n in _notes(table)]
+    return "\n".join(out) + "\n"
+
+
+CSV_FIELDS = ("layout", "row", "row_label", "column", "column_label", "status", "stage",
+              "source", "target", "metric", "paper", "reproduced", "std", "n", "difference",
+              "text", "synthetic", "fingerprint", "run_ids", "other_variants", "command")
+
+
+def render_csv(table: TableResult, banner: bool) -> str:
+    """One line per cell (long format, easy to load); the banner, if any, is the first line."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if banner:
+        writer.writerow([BANNER])
+    writer.writerow(CSV_FIELDS)
+    layout = table.layout
+    for row in layout.rows:
+        for col in layout.cols:
+            c = table.cell(row.key, col.key)
+            num = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+            writer.writerow([
+                layout.key, row.key, row.label, col.key, col.label, c.status,
+                c.spec.stage if c.spec else "", c.spec.source if c.spec else row.key,
+                c.spec.target if c.spec else col.key, c.metric, num(c.paper), num(c.mean),
+                num(c.std), c.n, num(c.diff), c.text,
+                "true" if c.synthetic else ("false" if c.shown else ""),
+                c.shown.fingerprint if c.shown else "", " ".join(c.run_ids),
+                "; ".join(v.describe() for v in c.others), c.command or "",
+            ])
+    return buf.getvalue()
+
+
+def render_heatmap(table: TableResult, banner: bool) -> bytes:
+    """Source x target heatmap PNG: values in the cells, n/a grey, missing blank with '-'."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    layout = table.layout
+    rows, cols = layout.rows, layout.cols
+    values = np.full((len(rows), len(cols)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            mean = table.cell(r.key, c.key).mean
+            values[i, j] = np.nan if mean is None else mean
+    fig = Figure(figsize=(1.25 * len(cols) + 3.2, 0.62 * len(rows) + 2.4), dpi=110)
+    FigureCanvasAgg(fig)  # Agg, without touching pyplot's global backend
+    ax = fig.add_subplot()
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 1.0, vmax + 1.0
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax,
+                      aspect="auto")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            cell = table.cell(r.key, c.key)
+            if cell.status == "n/a":
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#c8c8c8",
+                                       edgecolor="white", hatch="//"))
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="#555555")
+            elif cell.mean is None:
+                ax.text(j, i, "-", ha="center", va="center", fontsize=10, color="black")
+            else:
+                label = f"{cell.mean:.2f}"
+                if cell.std is not None:
+                    label += f"\n±{cell.std:.2f} (n={cell.n})"
+                dark = (cell.mean - vmin) / (vmax - vmin) < 0.6  # viridis is dark at the low end
+                ax.text(j, i, label, ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), [c.label for c in cols], rotation=35, ha="right")
+    ax.set_yticks(range(len(rows)), [r.label for r in rows])
+    ax.set_xlabel("Target dataset")
+    ax.set_ylabel("Source (pre-trained model)")
+    ax.set_title(f"{layout.title} (reproduced, %)", fontsize=11)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    if banner:
+        fig.suptitle(BANNER, color="red", fontsize=8, fontweight="bold", wrap=True)
+    buf = io.BytesIO()
+    # bbox_inches="tight" fits the long tick labels in one draw (tight_layout would add one).
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15)
+    return buf.getvalue()
+
+
+_CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1200px}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 7px}
+td{text-align:right}td:first-child{text-align:left}th{background:#eee}
+td.na{background:#ddd;color:#666}td.missing{color:#999}
+.banner{background:#c00;color:#fff;font-weight:bold;padding:.6em;margin-bottom:1em}
+.notes{font-size:.9em;color:#333}img{max-width:100%}code{background:#f4f4f4}"""
+
+
+def _html_text(text: str) -> str:
+    """Escape for HTML; `code` spans become <code>."""
+    parts = [html.escape(part) for part in text.split("`")]
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: str,
+                banner: bool, header_lines: Sequence[str]) -> str:
+    esc = html.escape
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+           "<title>rssc summary</title>", f"<style>{_CSS}</style></head><body>"]
+    if banner:
+        out.append(f"<div class='banner'>{esc(BANNER)}</div>")
+    out.append("<h1>The Role of Pre-Training in HRRS Scene Classification: reproduction</h1>")
+    out += [f"<p>{esc(line)}</p>" for line in header_lines]
+    for table in tables:
+        layout = table.layout
+        header, rows = grid(table)
+        out += [f"<h2 id='{layout.key}'>{esc(layout.title)}</h2>",
+                f"<p>{_html_text(layout.caption)}</p>", "<table><thead><tr>"]
+        out += [f"<th>{esc(h)}</th>" for h in header]
+        out.append("</tr></thead><tbody>")
+        for row, line in zip(layout.rows, rows):
+            out.append("<tr>" + f"<td>{esc(line[0])}</td>")
+            per_col = 3 if layout.kind == "table" else 1
+            for j, col in enumerate(layout.cols):
+                status = table.cell(row.key, col.key).status
+                cls = {"n/a": " class='na'", "missing": " class='missing'"}.get(status, "")
+                for value in line[1 + j * per_col: 1 + (j + 1) * per_col]:
+                    out.append(f"<td{cls}>{esc(value)}</td>")
+            out.append("</tr>")
+        out.append("</tbody></table>")
+        if layout.key in pngs:
+            data = base64.b64encode(pngs[layout.key]).decode("ascii")
+            out.append(f"<p><img alt='{esc(layout.title)} heatmap' "
+                       f"src='data:image/png;base64,{data}'></p>")
+        out.append(f"<div class='notes'><p>{esc(_metric_note(metric))}</p><ul>")
+        out += [f"<li>{_html_text(n)}</li>" for n in _notes(table, code="`")]
+        out.append("</ul></div>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# --- The command ---------------------------------------------------------------------------------
+
+
+def _index(records: Iterable[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]]:
+    index: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for rec in records:
+        index[(rec.stage, rec.source, rec.target)].append(rec)
+    return index
+
+
+def _summary_experiment_id(client: MlflowClient, experiment: str | None) -> str:
+    name = experiment or tracking.DEFAULT_EXPERIMENT
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def _log_summary_run(client: MlflowClient, experiment: str | None, out: Path, metric: str,
+                     synthetic: bool, missing: int, filled: int) -> str:
+    """A new run `summarize` holding every output; inside `mlflow run`, that project's run."""
+    tags = {tracking.TAG_STAGE: SUMMARY_STAGE, "mlflow.runName": SUMMARY_STAGE,
+            tracking.TAG_SYNTHETIC: str(synthetic).lower(),
+            "rssc.multilabel_metric": metric, tracking.TAG_VERSION: __version__,
+            tracking.TAG_GIT_COMMIT: tracking.git_commit()}
+    attached = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` for the entry point
+    if attached:
+        run_id = attached
+        client.set_tag(run_id, tracking.TAG_STAGE, SUMMARY_STAGE)
+        for key, value in tags.items():
+            if key != "mlflow.runName":
+                client.set_tag(run_id, key, value)
+    else:
+        run_id = client.create_run(_summary_experiment_id(client, experiment),
+                                   run_name=SUMMARY_STAGE, tags=tags).info.run_id
+    try:
+        client.log_param(run_id, "experiment", experiment or "(all)")
+        client.log_param(run_id, "multilabel_metric", metric)
+        client.log_metric(run_id, "cells_missing", missing)
+        client.log_metric(run_id, "cells_filled", filled)
+        client.log_artifacts(run_id, str(out))
+    except BaseException:
+        if not attached:
+            client.set_terminated(run_id, "FAILED")
+        raise
+    if not attached:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def summarize(
+    experiment: str | None = None,
+    out: Path = Path("rssc_outputs/summary"),
+    multilabel_metric: str = "f1_micro",
+    tracking_uri: str | None = None,
+) -> SummaryResult:
+    """Build every table and figure from the tracking store, write them to `out`, log them."""
+    metric = _check_metric(multilabel_metric)
+    client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
+    records = fetch_runs(client, _experiment_ids(client, experiment))
+    index = _index(records)
+    tables = {layout.key: build_table(layout, index, metric) for layout in LAYOUTS}
+
+    # Synthetic if any run that lands in some cell used synthetic data, shown or not.
+    used = {(s.stage, s.source, s.target) for layout in LAYOUTS
+            for s in layout.cells.values() if s is not None}
+    synthetic = any(r.synthetic for key in used for r in index.get(key, []))
+    missing = list(dict.fromkeys(cmd for t in tables.values() for cmd in t.missing))
+    filled = sum(c.status == "value" for t in tables.values() for c in t.cells.values())
+    header_lines = [
+        f"Tracking store: {client.tracking_uri}; experiment: {experiment or '(all)'}; "
+        f"{len(records)} finished runs read; {filled} cells filled, {len(missing)} missing.",
+        "A cell shows one (data, fingerprint) group only: real data before synthetic, then the "
+        "group with the most seeds, then the most recent; other groups are footnoted. A re-run "
+        "with the same seed replaces the earlier run.",
+    ]
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+
+    def write(name: str, content: str | bytes) -> None:
+        path = out / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        files.append(path)
+
+    pngs: dict[str, bytes] = {}
+    texts: list[str] = []
+    markdowns: list[str] = []
+    for key, table in tables.items():
+        md = render_markdown(table, metric)
+        write(f"{key}.md", (f"> **{BANNER}**\n\n" if synthetic else "") + md)
+        write(f"{key}.csv", render_csv(table, synthetic))
+        write(f"{key}.tex", render_latex(table, metric, synthetic))
+        if table.layout.kind == "figure":
+            pngs[key] = render_heatmap(table, synthetic)
+            write(f"{key}.png", pngs[key])
+        texts.append(render_text(table, metric))
+        markdowns.append(md)
+    banner_lines = [BANNER, ""] if synthetic else []
+    console = "\n\n".join(["\n".join([*banner_lines, *header_lines]), *texts])
+    if missing:
+        console += "\n\nTo fill the missing cells:\n" + "\n".join(f"  {c}" for c in missing)
+    top = [f"> **{BANNER}**", ""] if synthetic else []
+    write("summary.md", "\n".join([*top, "# rssc summary", "", *header_lines, "", *markdowns]))
+    write("summary.txt", console + "\n")
+    write("summary.html", render_html(list(tables.values()), pngs, metric, synthetic,
+                                      header_lines))
+    run_id = _log_summary_run(client, experiment, out, metric, synthetic, len(missing), filled)
+    return SummaryResult(out=out, run_id=run_id, console=console, tables=tables,
+                         missing=missing, synthetic=synthetic, files=files,
+                         multilabel_metric=metric)

@@ -1,0 +1,148 @@
+"""The effective parameters of one run: a profile's defaults, overridden by what the user passed.
+
+Every entry point (CLI, MLproject, library) builds a `RunSettings` through `resolve_settings`,
+so validation and defaults live in one place and the protocol fingerprint is computed the same
+way everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Literal
+
+from rssc_mlflow import protocol
+from rssc_mlflow.errors import RsscError
+
+Stage = Literal["pretrain", "adapt", "extract", "probe", "finetune"]
+STAGES: tuple[str, ...] = ("pretrain", "adapt", "extract", "probe", "finetune")
+PRECISIONS = ("float32", "mixed")
+STRATEGIES = ("auto", "mirrored", "multiworker")
+SOLVERS = ("adam", "lbfgs")
+# Bump when the meaning of a parameter changes, so old and new results never share a cell.
+FINGERPRINT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    stage: str
+    source: str
+    target: str
+    profile: str
+    epochs: int
+    batch_size: int
+    image_size: int  # the crop side; images are resized to resize_for_crop(image_size) first
+    seed: int
+    lr: float | None  # None: the schedule rule (3e-3 scratch, 3e-4 pre-trained; 1e-3 probe)
+    preprocessing: str | None  # None: what the model's lineage says
+    precision: str
+    strategy: str
+    split_file: str | None
+    solver: str
+    standardize: bool
+
+    @property
+    def resize(self) -> int:
+        return protocol.resize_for_crop(self.image_size)
+
+    def as_params(self) -> dict[str, Any]:
+        """The parameters as MLflow logs them (None becomes "default")."""
+        out = dataclasses.asdict(self)
+        out["resize"] = self.resize
+        return {k: ("default" if v is None else v) for k, v in out.items()}
+
+
+def _positive(name: str, value: int) -> int:
+    if value is None or int(value) <= 0:
+        raise RsscError(f"Invalid parameter {name}={value!r}: it must be a positive integer.")
+    return int(value)
+
+
+def resolve_settings(
+    stage: str,
+    *,
+    source: str,
+    target: str = "",
+    profile: str = protocol.DEFAULT_PROFILE,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    seed: int = protocol.SEED,
+    lr: float | None = None,
+    preprocessing: str | None = None,
+    precision: str = "float32",
+    strategy: str = "auto",
+    split_file: str | None = None,
+    solver: str = "adam",
+    standardize: bool = False,
+) -> RunSettings:
+    """Fill in the profile's defaults and refuse invalid values with a message that says why."""
+    if stage not in STAGES:
+        raise RsscError(f"Unknown stage {stage!r}. Stages: {', '.join(STAGES)}.")
+    prof = protocol.get_profile(profile)
+    epochs = prof.probe_epochs if (epochs is None and stage == "probe") else epochs
+    epochs = _positive("epochs", prof.epochs if epochs is None else epochs)
+    batch_size = _positive("batch_size", prof.batch_size if batch_size is None else batch_size)
+    image_size = _positive("image_size", prof.crop if image_size is None else image_size)
+    if image_size % 32:
+        raise RsscError(
+            f"Invalid parameter image_size={image_size}: the crop must be divisible by 32 "
+            "(ResNet-50 downsamples by 32); the paper uses 256."
+        )
+    if lr is not None and not lr > 0:
+        raise RsscError(f"Invalid parameter lr={lr!r}: it must be positive, or left out.")
+    if preprocessing in ("", "default", "auto"):
+        preprocessing = None
+    if preprocessing is not None and preprocessing not in protocol.PREPROCESSING_MODES:
+        raise RsscError(
+            f"Unknown preprocessing mode {preprocessing!r}. Modes: "
+            f"{', '.join(protocol.PREPROCESSING_MODES)} (or leave it out to follow the model)."
+        )
+    for name, value, allowed in (("precision", precision, PRECISIONS),
+                                 ("strategy", strategy, STRATEGIES),
+                                 ("solver", solver, SOLVERS)):
+        if value not in allowed:
+            raise RsscError(f"Invalid parameter {name}={value!r}. Choose one of: {', '.join(allowed)}.")
+    if not source:
+        raise RsscError("The parameter source is required (a dataset key or model reference).")
+    if stage in ("extract", "probe", "finetune") and not target:
+        raise RsscError(f"`{stage}` needs a target dataset: pass --target KEY (e.g. ucm).")
+    return RunSettings(
+        stage=stage, source=source, target=target, profile=prof.name, epochs=epochs,
+        batch_size=batch_size, image_size=image_size, seed=int(seed), lr=lr,
+        preprocessing=preprocessing, precision=precision, strategy=strategy,
+        split_file=split_file or None, solver=solver, standardize=bool(standardize),
+    )
+
+
+def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: float,
+                         synthetic: bool, warmup_epochs: int, upstream: str = "") -> str:
+    """A short hash of everything that makes two results comparable.
+
+    `upstream` is the fingerprint of the pre-trained model a transfer run starts from, so a
+    fine-tune of a `demo` backbone never shares a cell with one of a `paper` backbone.
+    Seeds, precision, strategy and where the run happened are left out on purpose: runs that
+    differ only in those are repetitions of the same cell.
+    """
+    comparable = {
+        "version": FINGERPRINT_VERSION,
+        "stage": settings.stage,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "crop": settings.image_size,
+        "resize": settings.resize,
+        "peak_lr": peak_lr,
+        "warmup_epochs": warmup_epochs,
+        "decay_epochs": protocol.DECAY_EPOCHS,
+        "decay_factor": protocol.DECAY_FACTOR,
+        "preprocessing": preprocessing,
+        "train_fraction": protocol.TRAIN_FRACTION,
+        "split": "file" if settings.split_file else "stratified",
+        "solver": settings.solver if settings.stage == "probe" else None,
+        "standardize": settings.standardize if settings.stage == "probe" else None,
+        "synthetic": synthetic,
+        "upstream": upstream,
+    }
+    blob = json.dumps(comparable, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

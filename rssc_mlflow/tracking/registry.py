@@ -1,0 +1,255 @@
+"""The model registry: registered names, aliases, and the model-reference resolver.
+
+A *model reference* (the `source` of a transfer run) is one of:
+  scratch              random initialisation
+  imagenet             the standard Keras ResNet-50 notop weight file
+  <dataset key>        `rssc-resnet50-<key>`, pre-trained from scratch on it (`pretrain`)
+  imagenet+<key>       `rssc-resnet50-imagenet-<key>`, ImageNet adapted to it (`adapt`)
+  models:/...          any MLflow model URI
+  path/to/file.keras   a local Keras model file (.keras or .h5), loaded in safe mode
+The input preprocessing a model expects is stored as a tag on its registered version and read
+back here, so it travels with the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from rssc_mlflow import models
+from rssc_mlflow.data.catalog import CATALOG
+from rssc_mlflow.errors import ModelError
+
+# Tags on every registered version (read back by `resolve_source`).
+MV_PREPROCESSING = "preprocessing"
+MV_LINEAGE = "lineage"
+MV_PROFILE = "profile"
+MV_FINGERPRINT = "fingerprint"
+MV_SOURCE = "source"
+MV_SYNTHETIC = "synthetic"
+MV_CROP = "crop"
+
+# Requirements written next to each logged model; inferring them costs ~13 s per model.
+PIP_REQUIREMENTS = [f"keras=={__import__('keras').__version__}",
+                    f"tensorflow=={__import__('tensorflow').__version__}"]
+
+
+def registered_name(source_key: str, init: str = "scratch") -> str:
+    """`rssc-resnet50-<key>` (from scratch) or `rssc-resnet50-imagenet-<key>` (adapted)."""
+    return f"rssc-resnet50-{source_key}" if init == "scratch" else f"rssc-resnet50-imagenet-{source_key}"
+
+
+def creating_command(source_key: str, init: str, profile: str) -> str:
+    stage = "pretrain" if init == "scratch" else "adapt"
+    return f"rssc {stage} --source {source_key} --profile {profile}"
+
+
+@dataclasses.dataclass
+class ResolvedSource:
+    """What a model reference turned into, with the lineage a run records."""
+
+    reference: str
+    kind: str  # scratch | imagenet | registered | uri | file
+    lineage: str  # "scratch" or "imagenet": decides the default preprocessing and peak lr
+    preprocessing: str
+    model_name: str = ""
+    version: str = ""
+    run_id: str = ""
+    uri: str = ""
+    fingerprint: str = ""
+    note: str = ""
+    _path: Path | None = None  # a local .keras/.h5 file to load the backbone from
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "scratch"
+
+    def backbone_into(self, model) -> None:
+        """Load this source's backbone weights into `model`'s backbone (any crop size)."""
+        if self.kind == "scratch":
+            return
+        backbone = models.backbone_of(model)
+        if self.kind == "imagenet":
+            models.load_backbone_weights(backbone, self._path)
+            return
+        source = models.load_model_file(self._path)
+        models.copy_backbone_weights(models.backbone_of(source), backbone)
+
+
+def _client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+def _model_file_in(artifact_dir: Path) -> Path:
+    for pattern in ("data/model.keras", "**/*.keras", "**/*.h5"):
+        found = sorted(artifact_dir.glob(pattern))
+        if found:
+            return found[0]
+    raise ModelError(f"No Keras model file found in the model artifacts at {artifact_dir}.")
+
+
+def _download(uri: str) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="rssc-model-"))
+    try:
+        return _model_file_in(Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest))))
+    except MlflowException as exc:
+        raise ModelError(f"Could not download model {uri}: {exc.message}") from None
+
+
+def find_version(name: str, profile: str, *, creating: str = "") -> tuple[object, str]:
+    """The version carrying alias @profile, else the newest version (and a note saying so)."""
+    client = _client()
+    try:
+        return client.get_model_version_by_alias(name, profile), ""
+    except MlflowException:
+        pass
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        versions = []
+    if not versions:
+        hint = f" Create it with `{creating}`." if creating else ""
+        raise ModelError(
+            f"Model '{name}' is not registered yet in the tracking store at "
+            f"{mlflow.get_tracking_uri()}.{hint}"
+        )
+    newest = max(versions, key=lambda v: int(v.version))
+    return newest, (f"no version of '{name}' has alias @{profile}; using the newest, "
+                    f"version {newest.version} (alias: {', '.join(newest.aliases) or 'none'})")
+
+
+def _from_version(reference: str, mv, note: str, override: str | None) -> ResolvedSource:
+    tags = mv.tags or {}
+    lineage = tags.get(MV_LINEAGE, "scratch")
+    recorded = tags.get(MV_PREPROCESSING) or models.preprocessing_for(lineage, None)
+    return ResolvedSource(
+        reference=reference, kind="registered", lineage=lineage,
+        preprocessing=override or recorded, model_name=mv.name, version=str(mv.version),
+        run_id=mv.run_id or "", uri=f"models:/{mv.name}/{mv.version}",
+        fingerprint=tags.get(MV_FINGERPRINT, ""), note=note,
+        _path=_download(f"models:/{mv.name}/{mv.version}"),
+    )
+
+
+def resolve_source(reference: str, *, profile: str, preprocessing: str | None = None
+                   ) -> ResolvedSource:
+    """Turn a model reference into weights to start from and the preprocessing they expect."""
+    ref = reference.strip()
+    if ref == "scratch":
+        return ResolvedSource(ref, "scratch", "scratch", models.preprocessing_for("scratch", preprocessing))
+    if ref == "imagenet":
+        return ResolvedSource(ref, "imagenet", "imagenet",
+                              models.preprocessing_for("imagenet", preprocessing),
+                              uri="keras.applications.ResNet50(weights='imagenet')",
+                              _path=models.imagenet_weights_path())
+    if ref.startswith("models:/"):
+        m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
+        if m:
+            name, version, alias = m.groups()
+            client = _client()
+            try:
+                mv = (client.get_model_version(name, version) if version
+                      else client.get_model_version_by_alias(name, alias))
+            except MlflowException as exc:
+                raise ModelError(f"Model reference {ref} not found: {exc.message}") from None
+            return _from_version(ref, mv, "", preprocessing)
+        # A logged model id (models:/m-...): no registry tags, so the lineage is unknown.
+        return ResolvedSource(ref, "uri", "scratch", models.preprocessing_for("scratch", preprocessing),
+                              uri=ref, note="no registry tags: preprocessing defaults to 'unit'",
+                              _path=_download(ref))
+    init, _, key = ref.partition("+") if "+" in ref else ("scratch", "", ref)
+    if key in CATALOG and init in ("scratch", "imagenet"):
+        name = registered_name(key, init)
+        mv, note = find_version(name, profile, creating=creating_command(key, init, profile))
+        return _from_version(ref, mv, note, preprocessing)
+    path = Path(ref).expanduser()
+    if path.suffix in (".keras", ".h5"):
+        if not path.is_file():
+            raise ModelError(f"Model file {path} does not exist.")
+        return ResolvedSource(ref, "file", "scratch", models.preprocessing_for("scratch", preprocessing),
+                              uri=str(path.resolve()), _path=path,
+                              note="local file: preprocessing defaults to 'unit' unless given")
+    raise ModelError(
+        f"Unknown source {reference!r}. A source is 'scratch', 'imagenet', a dataset key "
+        f"({', '.join(CATALOG)}), 'imagenet+<key>', a models:/ URI, or a .keras/.h5 file."
+    )
+
+
+def register(model, *, source_key: str, init: str, profile: str, preprocessing: str,
+             fingerprint: str, synthetic: bool, crop: int, signature) -> tuple[str, str]:
+    """Log `model` to the active run, register it and give it the profile as alias."""
+    name = registered_name(source_key, init)
+    info = mlflow.keras.log_model(model, name="model", registered_model_name=name,
+                                  signature=signature, pip_requirements=PIP_REQUIREMENTS)
+    version = str(info.registered_model_version)
+    client = _client()
+    tags = {MV_PREPROCESSING: preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,
+            MV_FINGERPRINT: fingerprint, MV_SOURCE: source_key,
+            MV_SYNTHETIC: str(synthetic).lower(), MV_CROP: str(crop)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, profile, version)
+    return name, version
+
+
+def list_models() -> list[dict]:
+    """Every rssc-resnet50-* registered version with its aliases and tags (`rssc weights list`)."""
+    rows = []
+    for mv in _client().search_model_versions("name LIKE 'rssc-resnet50-%'"):
+        rows.append({"name": mv.name, "version": str(mv.version), "aliases": list(mv.aliases),
+                     "run_id": mv.run_id, **(mv.tags or {})})
+    return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
+
+
+def download(reference: str, out: Path, *, profile: str) -> list[Path]:
+    """Write `model.keras` and a Keras notop backbone weight file for a registered model."""
+    resolved = resolve_source(reference, profile=profile)
+    if resolved._path is None or resolved.kind == "imagenet":
+        raise ModelError(f"{reference!r} is not a registered model; pass KEY, imagenet+KEY or a "
+                         "models:/ URI.")
+    out.mkdir(parents=True, exist_ok=True)
+    model = models.load_model_file(resolved._path)
+    stem = (resolved.model_name or "model") + (f"-v{resolved.version}" if resolved.version else "")
+    model_path = out / f"{stem}.keras"
+    model.save(model_path)
+    weights_path = out / f"{stem}_notop.weights.h5"
+    models.save_notop_weights(model, weights_path)
+    (out / f"{stem}.json").write_text(
+        json.dumps({"reference": reference, "uri": resolved.uri,
+                                  "preprocessing": resolved.preprocessing,
+                                  "lineage": resolved.lineage}, indent=1))
+    return [model_path, weights_path, out / f"{stem}.json"]
+
+
+def import_model(path: Path, *, source_key: str, init: str, profile: str,
+                 preprocessing: str | None) -> tuple[str, str]:
+    """Register an external model file (e.g. the authors' released .h5) in its own run."""
+    from rssc_mlflow.data.catalog import get_spec
+    from rssc_mlflow.tracking import runs
+
+    spec = get_spec(source_key)
+    if init not in ("scratch", "imagenet"):
+        raise ModelError(f"--init must be 'scratch' or 'imagenet', not {init!r}.")
+    if not Path(path).is_file():
+        raise ModelError(f"Model file {path} does not exist.")
+    model = models.load_model_file(Path(path))  # safe mode; refuses Lambda/custom layers
+    models.check_resnet50(models.backbone_of(model))
+    mode = models.preprocessing_for(init, preprocessing)
+    crop = int(model.input_shape[1] or 256)
+
+    sample = np.zeros((1, crop, crop, 3), np.float32)
+    signature = infer_signature(sample, np.asarray(model(sample, training=False)))
+    with runs.tracked_run("import", source_key, tags={"rssc.imported_file": str(Path(path).name)}):
+        mlflow.log_params({"file": Path(path).name, "init": init, "profile": profile,
+                           "preprocessing": mode, "num_classes": spec.num_classes})
+        return register(model, source_key=source_key, init=init, profile=profile,
+                        preprocessing=mode, fingerprint="imported", synthetic=False, crop=crop,
+                        signature=signature)

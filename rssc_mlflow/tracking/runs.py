@@ -1,0 +1,181 @@
+"""The life of one MLflow run: start (or resume), tags, parameters, inputs, artifacts, failure.
+
+Everything a run records goes through here, so the tag names are defined once (`TAGS`) and
+`results` can read them back without guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.entities import Metric, RunStatus
+
+from rssc_mlflow import __version__
+from rssc_mlflow.errors import RsscError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "rssc"
+# Tag names, in one place: results/summarize.py reads exactly these.
+TAG_STAGE = "rssc.stage"
+TAG_SOURCE = "rssc.source"
+TAG_TARGET = "rssc.target"
+TAG_PROFILE = "rssc.profile"
+TAG_SEED = "rssc.seed"
+TAG_SYNTHETIC = "rssc.synthetic"
+TAG_FINGERPRINT = "rssc.fingerprint"
+TAG_DATASET_DIGEST = "rssc.dataset_digest"
+TAG_SPLIT_DIGEST = "rssc.split_digest"
+TAG_PREPROCESSING = "rssc.preprocessing"
+TAG_LINEAGE_NAME = "rssc.lineage.model_name"
+TAG_LINEAGE_VERSION = "rssc.lineage.model_version"
+TAG_LINEAGE_RUN = "rssc.lineage.run_id"
+TAG_LINEAGE_URI = "rssc.lineage.uri"
+TAG_FEATURE_KEY = "rssc.feature_key"
+TAG_GIT_COMMIT = "rssc.git_commit"
+TAG_VERSION = "rssc.version"
+TAG_ERROR = "rssc.error"
+TAG_CHECKPOINT_DIR = "rssc.checkpoint_dir"
+
+SYNTHETIC_BANNER = (
+    "SYNTHETIC DATA: this run used synthetic stand-in images; its numbers are NOT comparable "
+    "to the paper."
+)
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
+def git_commit() -> str:
+    """The commit of the package's checkout, or 'unknown' outside a git clone."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_name(stage: str, source: str, target: str = "") -> str:
+    """Names that read well in the UI: 'finetune mlrsnet_sl -> ucm', 'pretrain resisc45'."""
+    return f"{stage} {source} -> {target}" if target else f"{stage} {source}"
+
+
+def check_tracking_reachable(timeout_s: float = 10.0) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as exc:
+        raise RsscError(
+            f"The MLflow tracking server at {uri} does not answer ({type(exc).__name__}). Start "
+            "it (`rssc server`), fix MLFLOW_TRACKING_URI, or unset it to use the local SQLite "
+            "store. Nothing was trained."
+        ) from None
+
+
+@contextlib.contextmanager
+def tracked_run(
+    stage: str,
+    source: str,
+    target: str = "",
+    *,
+    resume_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start, attach to (`mlflow run` sets MLFLOW_RUN_ID) or resume a run; FAILED on error.
+
+    Whatever is raised inside is recorded on the run (tag `rssc.error`) before the run is marked
+    FAILED and the exception goes on, so no run is ever left RUNNING by an error.
+    """
+    check_tracking_reachable()
+    if resume_run_id:
+        try:
+            mlflow.MlflowClient().get_run(resume_run_id)
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing run
+            raise RsscError(
+                f"Cannot resume run {resume_run_id!r}: no such run in the tracking store at "
+                f"{mlflow.get_tracking_uri()}. Check the run id (the UI shows it) and "
+                "MLFLOW_TRACKING_URI."
+            ) from None
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
+    else:
+        if not os.environ.get("MLFLOW_RUN_ID"):
+            mlflow.set_experiment(experiment_name())
+        run = mlflow.start_run(run_name=run_name(stage, source, target),
+                               log_system_metrics=True)
+        mlflow.set_tags({
+            "mlflow.runName": run_name(stage, source, target),
+            TAG_STAGE: stage, TAG_SOURCE: source, TAG_TARGET: target,
+            TAG_GIT_COMMIT: git_commit(), TAG_VERSION: __version__,
+            **(tags or {}),
+        })
+    try:
+        yield run
+    except BaseException as exc:
+        message = str(exc) or type(exc).__name__
+        with contextlib.suppress(Exception):
+            mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {message}"[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log parameters in one call; values that are already logged are left alone (resume)."""
+    run = mlflow.active_run()
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_history(run_id: str, rows: list[Mapping[str, float]]) -> None:
+    """Per-epoch values (epoch = position + 1) in one batched call instead of one per epoch."""
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, epoch)
+             for epoch, row in enumerate(rows, start=1) for key, value in row.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+
+
+def log_dataset_input(name: str, path: Path, digest: str, context: str,
+                      tags: Mapping[str, str] | None = None) -> None:
+    """Record a dataset (or one split of it) as a run input, identified by its digest."""
+    source = resolve_dataset_source(str(path))
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
+                     tags=dict(tags or {}))
+
+
+def log_json_artifact(obj: Any, artifact_path: str) -> None:
+    """Write `obj` as JSON under the run's artifacts at `artifact_path` (e.g. 'split/x.json')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_path).name
+        path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        parent = str(Path(artifact_path).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+
+
+def announce(message: str) -> None:
+    """Console progress for long runs (typer echo without importing typer here)."""
+    print(f"[rssc] {message}", flush=True)

@@ -1,0 +1,203 @@
+"""Evaluation metrics computed from model outputs (probabilities) and true labels.
+
+All values are fractions in [0, 1]; summaries multiply by 100 to compare with the paper.
+
+Multi-label thresholding: a label is predicted when its probability is **strictly greater**
+than the threshold (`probs > 0.5`). This matches the authors' code, which rounded the sigmoid
+outputs with `np.round` (0.5 rounds to 0.0, half to even), and Keras's `F1Score` and
+`BinaryAccuracy`, which use `y_pred > threshold`; so the in-training F1 and the final F1 agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import keras
+import numpy as np
+from sklearn import metrics as skm
+
+from rssc_mlflow import protocol
+
+Task = Literal["single", "multi"]
+
+# Above this many classes the confusion matrix is drawn without numbers in the cells (46 MLRSNet
+# categories would make them unreadable) and with smaller tick labels.
+ANNOTATE_MAX_CLASSES = 20
+
+
+def _as_probs(probs: Any, n: int) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != n:
+        raise ValueError(f"probs must have shape (n_samples={n}, n_classes), got {probs.shape}.")
+    return probs
+
+
+def predict_labels(probs: Any, threshold: float = protocol.MULTILABEL_THRESHOLD) -> np.ndarray:
+    """Multi-hot predictions: 1 where `probs > threshold` (strict, see module docstring)."""
+    return (np.asarray(probs) > threshold).astype(np.int64)
+
+
+def single_label_metrics(
+    y_true: Any, probs: Any, class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Accuracy, per-class report and confusion matrix for a single-label task.
+
+    Args:
+        y_true: integer class indices, shape (n,).
+        probs: class probabilities (or any scores; argmax is taken), shape (n, n_classes).
+        class_names: names for the report keys; defaults to the class indices as strings.
+
+    Returns:
+        {"accuracy": float, "report": sklearn classification_report dict (per class and
+        averages; precision/recall/f1-score as fractions, support as counts),
+        "confusion_matrix": (n_classes, n_classes) int array, rows = true classes,
+        "y_pred": (n,) int array}.
+    """
+    y_true = np.asarray(y_true).astype(np.int64)
+    if y_true.ndim != 1:
+        raise ValueError(f"y_true must be integer class indices of shape (n,), got {y_true.shape}.")
+    probs = _as_probs(probs, len(y_true))
+    y_pred = probs.argmax(axis=1)
+    labels = np.arange(probs.shape[1])
+    names = [str(c) for c in (class_names if class_names is not None else labels)]
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "report": skm.classification_report(
+            y_true, y_pred, labels=labels, target_names=names, output_dict=True, zero_division=0
+        ),
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels),
+        "y_pred": y_pred,
+    }
+
+
+def mean_average_precision(y_true: Any, probs: Any) -> tuple[float, int]:
+    """Mean over labels of average precision, skipping labels without a positive sample.
+
+    AP is undefined for a label that never occurs (no recall to reach), and scikit-learn's
+    `average_precision_score(average="macro")` would count it as 0 with a warning; small test
+    splits easily miss rare labels, so such labels are left out of the mean instead.
+
+    Returns:
+        (mAP, number of labels averaged). mAP is nan when no label has a positive.
+    """
+    y_true = np.asarray(y_true)
+    probs = _as_probs(probs, len(y_true))
+    present = np.flatnonzero(y_true.sum(axis=0) > 0)
+    if present.size == 0:
+        return float("nan"), 0
+    aps = [skm.average_precision_score(y_true[:, j], probs[:, j]) for j in present]
+    return float(np.mean(aps)), int(present.size)
+
+
+def multi_label_metrics(
+    y_true: Any, probs: Any, threshold: float = protocol.MULTILABEL_THRESHOLD
+) -> dict[str, Any]:
+    """F1 (micro, macro, weighted, samples), mAP, subset accuracy and Hamming loss.
+
+    Predictions are `probs > threshold`. F1 uses `zero_division=0`, as scikit-learn's report
+    the authors printed. mAP follows `mean_average_precision` (labels with a positive only).
+
+    Args:
+        y_true: multi-hot labels, shape (n, n_labels).
+        probs: sigmoid outputs, shape (n, n_labels).
+    """
+    y_true = np.asarray(y_true).astype(np.int64)
+    if y_true.ndim != 2:
+        raise ValueError(f"y_true must be multi-hot of shape (n, n_labels), got {y_true.shape}.")
+    probs = _as_probs(probs, len(y_true))
+    y_pred = predict_labels(probs, threshold)
+    result: dict[str, Any] = {
+        f"f1_{avg}": float(skm.f1_score(y_true, y_pred, average=avg, zero_division=0))
+        for avg in ("micro", "macro", "weighted", "samples")
+    }
+    result["map"], result["map_labels"] = mean_average_precision(y_true, probs)
+    result["subset_accuracy"] = float(skm.accuracy_score(y_true, y_pred))
+    result["hamming_loss"] = float(skm.hamming_loss(y_true, y_pred))
+    result["threshold"] = float(threshold)
+    return result
+
+
+def classification_report_text(
+    y_true: Any,
+    probs: Any,
+    *,
+    task: Task,
+    class_names: Sequence[str] | None = None,
+    threshold: float = protocol.MULTILABEL_THRESHOLD,
+    digits: int = 4,
+) -> str:
+    """scikit-learn's text report, as the authors printed it (argmax, or `probs > threshold`)."""
+    probs = np.asarray(probs)
+    if task == "single":
+        y_pred = probs.argmax(axis=1)
+        y_true = np.asarray(y_true).astype(np.int64)
+    elif task == "multi":
+        y_pred = predict_labels(probs, threshold)
+        y_true = np.asarray(y_true).astype(np.int64)
+    else:
+        raise ValueError(f"task must be 'single' or 'multi', got {task!r}.")
+    labels = np.arange(probs.shape[1])
+    names = [str(c) for c in (class_names if class_names is not None else labels)]
+    return skm.classification_report(
+        y_true, y_pred, labels=labels, target_names=names, digits=digits, zero_division=0
+    )
+
+
+def confusion_matrix_png(
+    y_true: Any, y_pred: Any, class_names: Sequence[str], path: str | Path
+) -> Path:
+    """Draw the row-normalised confusion matrix (colour = fraction of the true class) to `path`.
+
+    Counts are written in the cells only up to `ANNOTATE_MAX_CLASSES` classes; the figure grows
+    with the number of classes so that 46 tick labels stay readable.
+    """
+    # The Figure API with its own Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(class_names)
+    cm = skm.confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=np.arange(n))
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+
+    side = max(6.0, 0.28 * n + 3.0)
+    fig = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fontsize = 9 if n <= ANNOTATE_MAX_CLASSES else 7
+    ax.set_xticks(np.arange(n), labels=list(class_names), rotation=90, fontsize=fontsize)
+    ax.set_yticks(np.arange(n), labels=list(class_names), fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= ANNOTATE_MAX_CLASSES:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    color = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def keras_metrics(task: Task) -> list[keras.metrics.Metric]:
+    """Metrics to compile into the model, consistent with the final evaluation.
+
+    single: `accuracy` (sparse categorical; labels are class indices).
+    multi: `f1_micro` (same `> 0.5` rule as `multi_label_metrics`; `F1Score` casts labels to
+    float32 itself, so integer multi-hot labels work) and `binary_accuracy`.
+    """
+    if task == "single":
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if task == "multi":
+        threshold = protocol.MULTILABEL_THRESHOLD
+        return [
+            keras.metrics.F1Score(average="micro", threshold=threshold, name="f1_micro"),
+            keras.metrics.BinaryAccuracy(threshold=threshold, name="binary_accuracy"),
+        ]
+    raise ValueError(f"task must be 'single' or 'multi', got {task!r}.")

@@ -1,0 +1,17 @@
+"""Every test gets its own data dir and tracking store: nothing leaks into the checkout."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    root = tmp_path_factory.mktemp("rssc-env")
+    monkeypatch.setenv("RSSC_DATA_DIR", str(root / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("RSSC_IMAGENET_WEIGHTS", raising=False)
+    monkeypatch.chdir(root)
+    yield root

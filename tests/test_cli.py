@@ -1,0 +1,80 @@
+"""The `rssc` command line: help everywhere, JSON output, and errors as one paragraph."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rssc_mlflow.cli import app
+
+runner = CliRunner()
+
+COMMANDS = [
+    [], ["datasets"], ["prepare"], ["synth"], ["splits"], ["splits", "make"],
+    ["splits", "import"], ["pretrain"], ["adapt"], ["extract"], ["probe"], ["finetune"],
+    ["weights"], ["weights", "list"], ["weights", "download"], ["weights", "import"], ["server"], ["summarize"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "rssc")
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.fixture()
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSSC_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_synth_prepare_and_datasets_json(tmp_path, data_dir):
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "synth"), "--datasets", "ucm",
+                                 "--images-per-class", "3", "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC" in result.output
+
+    result = runner.invoke(app, ["prepare", "ucm", "--manual-dir", str(tmp_path / "synth" / "ucm"),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["key"] == "ucm" and report["images"] == 63 and report["synthetic"] is True
+    assert report["per_class"] == {c: 3 for c in report["per_class"]} and len(report["per_class"]) == 21
+    assert report["skipped"] == []
+
+    again = json.loads(runner.invoke(app, ["prepare", "ucm", "--manual-dir",
+                                           str(tmp_path / "synth" / "ucm"), "--json"]).stdout)
+    assert again["already_prepared"] is True
+
+    rows = {r["key"]: r for r in json.loads(runner.invoke(app, ["datasets", "--json"]).stdout)}
+    assert rows["ucm"]["prepared"] is True and rows["ucm"]["images"] == 63
+    assert rows["aid"]["prepared"] is False
+
+
+def test_unknown_dataset_is_one_paragraph_and_exit_1(tmp_path, data_dir):
+    result = runner.invoke(app, ["prepare", "ucmm", "--manual-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Unknown dataset 'ucmm'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_training_parameters_are_validated_before_anything_runs(data_dir):
+    result = runner.invoke(app, ["finetune", "--source", "resisc45", "--target", "ucm",
+                                 "--image-size", "100"])
+    assert result.exit_code == 1
+    assert "divisible by 32" in result.stderr
+    result = runner.invoke(app, ["pretrain", "--source", "ucm", "--epochs", "0"])
+    assert result.exit_code == 1 and "epochs=0" in result.stderr
+    result = runner.invoke(app, ["probe", "--source", "resisc45", "--target", "ucm",
+                                 "--preprocessing", "bgr"])
+    assert result.exit_code == 1 and "Unknown preprocessing mode 'bgr'" in result.stderr
+
+
+def test_target_not_prepared_names_the_command(data_dir):
+    result = runner.invoke(app, ["finetune", "--source", "scratch", "--target", "aid",
+                                 "--profile", "smoke"])
+    assert result.exit_code == 1
+    assert "rssc prepare aid --manual-dir" in result.stderr

@@ -1,0 +1,243 @@
+"""ResNet-50 classifiers, weight files and safe loading (tiny crops to stay fast on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rssc_mlflow import models
+from rssc_mlflow.errors import ModelError
+
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def classifier() -> keras.Model:
+    model = models.build_classifier(5, "single", crop=CROP)
+    # Non-trivial BN statistics, so a load that skipped them would show in the outputs.
+    rng = np.random.default_rng(0)
+    for layer in model.get_layer("resnet50").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
+    return model
+
+
+def run(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Eager inference: no tf.function tracing per model, which `predict` would pay each time."""
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def images(n: int = 2, crop: int = CROP) -> np.ndarray:
+    return np.random.default_rng(1).uniform(0, 1, (n, crop, crop, 3)).astype("float32")
+
+
+def test_single_head(classifier: keras.Model) -> None:
+    assert classifier.output.shape == (None, 5)
+    head = classifier.get_layer("predictions")
+    assert head.activation is keras.activations.softmax
+    assert classifier.get_layer("resnet50").name == "resnet50"
+    assert not any(isinstance(l, keras.layers.Lambda) for l in classifier.layers)
+    probs = run(classifier, images())
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_backbone_and_replace_head(classifier: keras.Model) -> None:
+    backbone = models.backbone_of(classifier)
+    assert backbone.output.shape == (None, models.FEATURE_DIM)
+    assert models.backbone_of(backbone) is backbone
+    multi = models.replace_head(classifier, 7, "multi")
+    assert multi.output.shape == (None, 7)
+    assert multi.get_layer("predictions").activation is keras.activations.sigmoid
+    # Shared backbone: same features as the original classifier.
+    x = images()
+    np.testing.assert_allclose(
+        run(models.backbone_of(multi), x), run(backbone, x)
+    )
+    # Also from a bare Keras ResNet-50 (pooling is added).
+    bare = models.backbone_of(keras.applications.ResNet50(include_top=False, weights=None,
+                                                           input_shape=(CROP, CROP, 3)))
+    assert bare.output.shape == (None, models.FEATURE_DIM)
+    with pytest.raises(ValueError):
+        models.replace_head(classifier, 3, "binary")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("filename", ["notop.h5", "notop.weights.h5"])
+def test_saved_notop_loads_in_keras_resnet50(
+    classifier: keras.Model, tmp_path: Path, filename: str
+) -> None:
+    path = models.save_notop_weights(classifier, tmp_path / filename)
+    keras_model = keras.applications.ResNet50(
+        include_top=False, weights=str(path), input_shape=(CROP, CROP, 3)
+    )
+    x = images()
+    np.testing.assert_array_equal(run(keras_model, x), run(classifier.get_layer("resnet50"), x))
+
+
+def test_notop_file_as_imagenet_weights_at_another_crop(
+    classifier: keras.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = models.save_notop_weights(classifier, tmp_path / models.IMAGENET_WEIGHTS_FILE)
+    monkeypatch.setenv(models.IMAGENET_WEIGHTS_ENV, str(path))
+    # Loaded by layer name into a 64 px model: conv weights do not depend on the input size.
+    bigger = models.build_classifier(3, "multi", crop=64, backbone_weights="imagenet")
+    same_crop = models.build_classifier(3, "multi", crop=CROP)
+    models.copy_backbone_weights(bigger, same_crop)
+    x = images()
+    np.testing.assert_array_equal(
+        run(models.backbone_of(same_crop), x), run(models.backbone_of(classifier), x)
+    )
+
+
+def test_imagenet_weights_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(models.IMAGENET_WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    with pytest.raises(ModelError) as err:
+        models.imagenet_weights_path()
+    message = str(err.value)
+    assert "ImageNet weights not found" in message
+    assert models.IMAGENET_WEIGHTS_URL in message and "RSSC_IMAGENET_WEIGHTS" in message
+
+    cached = tmp_path / "home" / ".keras" / "models" / models.IMAGENET_WEIGHTS_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert models.imagenet_weights_path() == cached
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    with pytest.raises(ModelError):
+        models.imagenet_weights_path()
+    keras_home = tmp_path / "kh" / "models" / models.IMAGENET_WEIGHTS_FILE
+    keras_home.parent.mkdir(parents=True)
+    keras_home.write_bytes(b"")
+    assert models.imagenet_weights_path() == keras_home
+
+    monkeypatch.setenv(models.IMAGENET_WEIGHTS_ENV, str(tmp_path / "nope.h5"))
+    with pytest.raises(ModelError, match="nope.h5"):
+        models.imagenet_weights_path()
+    monkeypatch.setenv(models.IMAGENET_WEIGHTS_ENV, str(cached))
+    assert models.imagenet_weights_path() == cached
+
+
+def test_load_model_file_keras_and_h5(classifier: keras.Model, tmp_path: Path) -> None:
+    x = images()
+    expected = run(classifier, x)
+    for name in ("model.keras", "model.h5"):
+        classifier.save(tmp_path / name)
+        loaded = models.load_model_file(tmp_path / name)
+        np.testing.assert_allclose(run(loaded, x), expected, rtol=1e-6)
+    # A notop weight file comes back as a pooled backbone at the requested crop.
+    weights = models.save_notop_weights(classifier, tmp_path / "bb.h5")
+    backbone = models.load_model_file(weights, crop=CROP)
+    assert backbone.output.shape == (None, models.FEATURE_DIM)
+    np.testing.assert_array_equal(
+        run(backbone, x), run(models.backbone_of(classifier), x)
+    )
+
+
+def test_load_model_file_refuses_lambda(tmp_path: Path) -> None:
+    inputs = keras.Input((CROP, CROP, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="scale")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ModelError, match="Lambda layer 'scale'"):
+        models.load_model_file(tmp_path / "lambda.keras")
+
+
+@keras.saving.register_keras_serializable(package="rssc_tests")
+class Doubler(keras.layers.Layer):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return x * 2.0
+
+
+def test_load_model_file_refuses_custom_layer(tmp_path: Path) -> None:
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Doubler(name="doubler")(inputs))
+    model.save(tmp_path / "custom.keras")
+    with pytest.raises(ModelError, match="doubler"):
+        models.load_model_file(tmp_path / "custom.keras")
+
+
+def test_load_model_file_refuses_non_resnet(tmp_path: Path) -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((CROP, CROP, 3)),
+            keras.layers.Conv2D(8, 3, name="conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.save(tmp_path / "cnn.keras")
+    with pytest.raises(ModelError, match="conv1_conv"):
+        models.load_model_file(tmp_path / "cnn.keras")
+    with pytest.raises(ModelError, match="does not exist"):
+        models.load_model_file(tmp_path / "missing.keras")
+    (tmp_path / "cnn.onnx").write_bytes(b"")
+    with pytest.raises(ModelError, match="unsupported"):
+        models.load_model_file(tmp_path / "cnn.onnx")
+
+
+def test_check_resnet50(classifier: keras.Model) -> None:
+    models.check_resnet50(classifier)
+    models.check_resnet50(models.backbone_of(classifier))
+    # The authors' flat layout: ResNet-50 layers at the top level of the classifier.
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(CROP, CROP, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(base.output)
+    flat = keras.Model(base.input, keras.layers.Dense(3, activation="softmax")(pooled))
+    models.check_resnet50(flat)
+    assert models.backbone_of(flat).output.shape == (None, models.FEATURE_DIM)
+    one_channel = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(CROP, CROP, 1)
+    )
+    with pytest.raises(ModelError, match=r"conv1_conv.*\(7, 7, 1, 64\)"):
+        models.check_resnet50(one_channel)
+
+
+def test_load_backbone_weights_refuses_partial_file(tmp_path: Path) -> None:
+    import h5py
+
+    path = tmp_path / "partial.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"conv1_conv"]
+        f.create_group("conv1_conv").attrs["weight_names"] = []
+    # A stand-in with the first ResNet layer is enough to exercise the name matching.
+    model = keras.Sequential([keras.Input((CROP, CROP, 3)), keras.layers.Conv2D(64, 7, name="conv1_conv")])
+    with pytest.raises(ModelError, match="conv1_conv/kernel is missing"):
+        models.load_backbone_weights(model, path)
+
+
+def test_preprocessing_for() -> None:
+    assert models.preprocessing_for("imagenet", None) == "imagenet-rgb"
+    assert models.preprocessing_for("imagenet", "imagenet-caffe") == "imagenet-caffe"
+    assert models.preprocessing_for("imagenet", "unit") == "unit"
+    assert models.preprocessing_for("scratch", None) == "unit"
+    assert models.preprocessing_for("imagenet100", None) == "unit"
+    with pytest.raises(ValueError, match="unit, imagenet-rgb, imagenet-caffe"):
+        models.preprocessing_for("imagenet", "bgr")
+    with pytest.raises(ValueError, match="ImageNet-lineage"):
+        models.preprocessing_for("scratch", "imagenet-rgb")
+
+
+def test_set_precision_on_cpu() -> None:
+    try:
+        assert models.set_precision("mixed") == "mixed_bfloat16"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        model = models.build_classifier(3, "multi", crop=CROP)
+        assert model.get_layer("resnet50").get_layer("conv1_conv").compute_dtype == "bfloat16"
+        assert model.output.dtype == "float32"
+        with pytest.raises(ValueError):
+            models.set_precision("half")  # type: ignore[arg-type]
+    finally:
+        assert models.set_precision("float32") == "float32"
+
+
+def test_make_strategy() -> None:
+    assert isinstance(models.make_strategy("auto"), tf.distribute.Strategy)
+    with pytest.raises(ValueError):
+        models.make_strategy("tpu")  # type: ignore[arg-type]
