@@ -25,7 +25,7 @@ from rssc_mlflow.data import pipeline, splits
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
 from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
-from rssc_mlflow.protocol import get_profile
+from rssc_mlflow.protocol import PROBE_LR, get_profile
 from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_settings
 from rssc_mlflow.tracking import registry, runs
 from rssc_mlflow.training import fit as fit_lib
@@ -121,7 +121,7 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
                                digest=data.split.digest, context="training" if part == "train" else "evaluation",
                                tags={"images": str(len(files)), "split_role": data.split.role,
                                      "dataset_digest": data.prepared.manifest_digest})
-    runs.log_json_artifact(data.split.to_json(), f"split/{data.spec.key}-{data.split.role}.json")
+    runs.log_json_artifact(json.loads(data.split.to_json()), f"split/{data.spec.key}-{data.split.role}.json")
     if data.prepared.synthetic:
         runs.announce(runs.SYNTHETIC_BANNER)
 
@@ -172,6 +172,37 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
     return settings.stage, settings
 
 
+def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[float, int]:
+    """(peak learning rate, warm-up epochs) a stage uses under the schedule rule."""
+    if settings.stage == "extract":
+        return 0.0, 0
+    if settings.stage == "probe":
+        return (0.0 if settings.solver == "lbfgs" else settings.lr or PROBE_LR), 0
+    # Any pre-trained start (ImageNet or a registered backbone) peaks at 3e-4, scratch at 3e-3.
+    peak = settings.lr or peak_lr_for("pretrained" if source.pretrained else "scratch")
+    return peak, min(settings.epochs, get_profile(settings.profile).warmup_epochs)
+
+
+def _fingerprint(settings: RunSettings, source: registry.ResolvedSource, synthetic: bool) -> str:
+    peak_lr, warmup = _rates(settings, source)
+    return protocol_fingerprint(settings, preprocessing=source.preprocessing, peak_lr=peak_lr,
+                                synthetic=synthetic, warmup_epochs=warmup,
+                                upstream=source.fingerprint)
+
+
+def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any) -> str:
+    """The protocol fingerprint a run of `stage` would get, without running it (for `reproduce`).
+
+    Raises like the command would (dataset not prepared, source not registered yet).
+    """
+    settings = resolve_settings(stage, source=source, target=target, **params)
+    key = settings.target or settings.source
+    reference = {"pretrain": "scratch", "adapt": "imagenet"}.get(stage, settings.source)
+    resolved = registry.resolve_source(reference, profile=settings.profile,
+                                       preprocessing=settings.preprocessing)
+    return _fingerprint(settings, resolved, load_prepared(key).synthetic)
+
+
 # --- Training stages -------------------------------------------------------------------------
 
 
@@ -182,12 +213,9 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     source = registry.resolve_source(reference, profile=settings.profile,
                                      preprocessing=settings.preprocessing)
     preprocessing = source.preprocessing
-    peak_lr = settings.lr or peak_lr_for(source.lineage if source.pretrained else "scratch")
     profile = get_profile(settings.profile)
-    prof_warmup = min(settings.epochs, profile.warmup_epochs)
-    fingerprint = protocol_fingerprint(settings, preprocessing=preprocessing, peak_lr=peak_lr,
-                                       synthetic=data.prepared.synthetic,
-                                       warmup_epochs=prof_warmup, upstream=source.fingerprint)
+    peak_lr, prof_warmup = _rates(settings, source)
+    fingerprint = _fingerprint(settings, source, data.prepared.synthetic)
     spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
     with runs.tracked_run(settings.stage, display_source, settings.target,
@@ -291,8 +319,8 @@ def _feature_key(source: registry.ResolvedSource, split: splits.SplitManifest,
                  preprocessing: str, crop: int) -> str:
     """Features are reusable when the model version, split, preprocessing and crop match."""
     weights_id = source.uri
-    if source.kind in ("imagenet", "file") and source._path is not None:
-        weights_id += ":" + _file_sha256(Path(source._path))
+    if source.kind in ("imagenet", "file") and source.local_file is not None:
+        weights_id += ":" + _file_sha256(source.local_file)
     blob = json.dumps([weights_id, source.version, split.digest, preprocessing, crop])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -368,9 +396,7 @@ def _transfer_setup(stage: str, source: str, target: str, params: dict[str, Any]
 def extract(source: str, target: str, **params: Any) -> RunResult:
     """Write 2048-d features of `target`'s split (train and test) as a run artifact."""
     settings, data, resolved = _transfer_setup("extract", source, target, params)
-    fingerprint = protocol_fingerprint(settings, preprocessing=resolved.preprocessing, peak_lr=0.0,
-                                       synthetic=data.prepared.synthetic, warmup_epochs=0,
-                                       upstream=resolved.fingerprint)
+    fingerprint = _fingerprint(settings, resolved, data.prepared.synthetic)
     with runs.tracked_run("extract", settings.source, settings.target) as run:
         _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
         arrays = _features(settings, data, resolved, resolved.preprocessing)
@@ -382,10 +408,7 @@ def extract(source: str, target: str, **params: Any) -> RunResult:
 def probe(source: str, target: str, **params: Any) -> RunResult:
     """Train a linear classifier on frozen features of `source` for `target` (Fig. 1, Table III)."""
     settings, data, resolved = _transfer_setup("probe", source, target, params)
-    lr = settings.lr or (0.0 if settings.solver == "lbfgs" else None)
-    fingerprint = protocol_fingerprint(settings, preprocessing=resolved.preprocessing,
-                                       peak_lr=settings.lr or 1e-3, synthetic=data.prepared.synthetic,
-                                       warmup_epochs=0, upstream=resolved.fingerprint)
+    fingerprint = _fingerprint(settings, resolved, data.prepared.synthetic)
     with runs.tracked_run("probe", settings.source, settings.target) as run:
         _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
         arrays = _features(settings, data, resolved, resolved.preprocessing)
@@ -393,7 +416,7 @@ def probe(source: str, target: str, **params: Any) -> RunResult:
             arrays["train_x"], arrays["train_y"], arrays["test_x"], task=data.spec.task,
             num_classes=data.spec.num_classes, solver=settings.solver,
             standardize=settings.standardize, epochs=settings.epochs,
-            batch_size=settings.batch_size, lr=lr or None, seed=settings.seed)
+            batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
         runs.log_history(run.info.run_id, result.history)
         final = _log_evaluation(data.spec, arrays["test_y"], result.test_probs)
         runs.announce(f"done: {_format_metrics(final)}")

@@ -66,11 +66,19 @@ class ResolvedSource:
     uri: str = ""
     fingerprint: str = ""
     note: str = ""
-    _path: Path | None = None  # a local .keras/.h5 file to load the backbone from
+    local_file: Path | None = None  # a local weight/model file, when there is one
+    download_uri: str = ""  # else the MLflow URI it is downloaded from, on first use
 
     @property
     def pretrained(self) -> bool:
         return self.kind != "scratch"
+
+    @property
+    def path(self) -> Path | None:
+        """The model or weight file, downloaded from the tracking store the first time."""
+        if self.local_file is None and self.download_uri:
+            self.local_file = _download(self.download_uri)
+        return self.local_file
 
     def backbone_into(self, model) -> None:
         """Load this source's backbone weights into `model`'s backbone (any crop size)."""
@@ -78,9 +86,9 @@ class ResolvedSource:
             return
         backbone = models.backbone_of(model)
         if self.kind == "imagenet":
-            models.load_backbone_weights(backbone, self._path)
+            models.load_backbone_weights(backbone, self.path)
             return
-        source = models.load_model_file(self._path)
+        source = models.load_model_file(self.path)
         models.copy_backbone_weights(models.backbone_of(source), backbone)
 
 
@@ -135,7 +143,7 @@ def _from_version(reference: str, mv, note: str, override: str | None) -> Resolv
         preprocessing=override or recorded, model_name=mv.name, version=str(mv.version),
         run_id=mv.run_id or "", uri=f"models:/{mv.name}/{mv.version}",
         fingerprint=tags.get(MV_FINGERPRINT, ""), note=note,
-        _path=_download(f"models:/{mv.name}/{mv.version}"),
+        download_uri=f"models:/{mv.name}/{mv.version}",
     )
 
 
@@ -149,7 +157,7 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
         return ResolvedSource(ref, "imagenet", "imagenet",
                               models.preprocessing_for("imagenet", preprocessing),
                               uri="keras.applications.ResNet50(weights='imagenet')",
-                              _path=models.imagenet_weights_path())
+                              local_file=models.imagenet_weights_path())
     if ref.startswith("models:/"):
         m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
         if m:
@@ -164,7 +172,7 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
         # A logged model id (models:/m-...): no registry tags, so the lineage is unknown.
         return ResolvedSource(ref, "uri", "scratch", models.preprocessing_for("scratch", preprocessing),
                               uri=ref, note="no registry tags: preprocessing defaults to 'unit'",
-                              _path=_download(ref))
+                              download_uri=ref)
     init, _, key = ref.partition("+") if "+" in ref else ("scratch", "", ref)
     if key in CATALOG and init in ("scratch", "imagenet"):
         name = registered_name(key, init)
@@ -175,7 +183,7 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
         if not path.is_file():
             raise ModelError(f"Model file {path} does not exist.")
         return ResolvedSource(ref, "file", "scratch", models.preprocessing_for("scratch", preprocessing),
-                              uri=str(path.resolve()), _path=path,
+                              uri=str(path.resolve()), local_file=path,
                               note="local file: preprocessing defaults to 'unit' unless given")
     raise ModelError(
         f"Unknown source {reference!r}. A source is 'scratch', 'imagenet', a dataset key "
@@ -212,11 +220,11 @@ def list_models() -> list[dict]:
 def download(reference: str, out: Path, *, profile: str) -> list[Path]:
     """Write `model.keras` and a Keras notop backbone weight file for a registered model."""
     resolved = resolve_source(reference, profile=profile)
-    if resolved._path is None or resolved.kind == "imagenet":
+    if resolved.path is None or resolved.kind == "imagenet":
         raise ModelError(f"{reference!r} is not a registered model; pass KEY, imagenet+KEY or a "
                          "models:/ URI.")
     out.mkdir(parents=True, exist_ok=True)
-    model = models.load_model_file(resolved._path)
+    model = models.load_model_file(resolved.path)
     stem = (resolved.model_name or "model") + (f"-v{resolved.version}" if resolved.version else "")
     model_path = out / f"{stem}.keras"
     model.save(model_path)

@@ -1,0 +1,727 @@
+"""`reproduce`: plan, then run (resumably) every MLflow run that the paper's tables and figures need.
+
+The plan comes only from `paper.LAYOUTS` (every non-n/a cell is one `(stage, source, target)`),
+de-duplicated across tables, plus the runs those depend on:
+  transfer from dataset key K      needs `pretrain K`
+  transfer from `imagenet+K`       needs `adapt K`
+  `imagenet` (and every `adapt`)   needs the Keras ImageNet weight file (no run)
+Every run is repeated once per seed. Order: all pretrain/adapt runs (level 0), then the
+transfers (level 1). A transfer loads its upstream model through the registry alias of the
+profile (`rssc-resnet50-K@paper`), which the *last* seed's pretrain/adapt moves: with several
+seeds, the transfers of every seed start from the last seed's upstream model.
+
+Resuming: a run counts as done when the store holds a FINISHED run with the same stage, source,
+target, seed and protocol fingerprint tags (`commands.fingerprint_for`). RUNNING or FAILED runs
+left by a crash are not done: they are run again, as new runs. The store is read once per level,
+and the fingerprints of transfers are computed after level 0 has (re)registered their upstream.
+
+CLI (the lead wires it into `rssc`; typer-ready parameters):
+
+    @app.command()
+    @friendly
+    def reproduce_command(
+        profile: Profile = protocol.DEFAULT_PROFILE,
+        only: Annotated[str, typer.Option(help="Comma-separated: table2,table3,table4,fig1,fig2,fig3 (default: all).")] = "",
+        seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every run once per seed.")] = "42",
+        plan: Annotated[bool, typer.Option("--plan", help="Only print the runs, their status and GPU-hours.")] = False,
+        backend: Annotated[str, typer.Option(help="local or kubernetes.")] = "local",
+        backend_config: Annotated[Optional[Path], typer.Option(help="Kubernetes backend config JSON (default: kubernetes/backend_config.json).")] = None,
+        parallel: Annotated[int, typer.Option(help="Independent runs at once (local: subprocesses).")] = 1,
+        throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
+        log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
+    ) -> None:
+        from rssc_mlflow.results.reproduce import reproduce, split_list
+        report = reproduce(profile, only=split_list(only) or None,
+                           seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
+                           backend=backend, backend_config=backend_config, parallel=parallel,
+                           throughput=throughput, log_model_finetune=log_model_finetune,
+                           progress=lambda m: typer.echo(m, err=True))
+        typer.echo(report.table())
+        if not report.ok:
+            raise typer.Exit(1)
+
+`python -m rssc_mlflow.results.reproduce --help` offers the same without the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+
+from rssc_mlflow import protocol
+from rssc_mlflow.data import splits
+from rssc_mlflow.data.catalog import CATALOG, get_spec
+from rssc_mlflow.errors import DatasetError, RsscError
+from rssc_mlflow.results import paper
+from rssc_mlflow.settings import resolve_settings
+from rssc_mlflow.tracking import runs as tags
+
+Backend = Literal["local", "kubernetes"]
+Status = Literal["todo", "done", "ran", "failed", "blocked"]
+RunKey = tuple[str, str, str, int]  # (stage, source, target, seed)
+
+# The names `--only` accepts, and the layouts each one stands for.
+SELECTIONS: dict[str, tuple[str, ...]] = {
+    "table2": ("table2",), "table3": ("table3",), "table4": ("table4",),
+    "fig1": ("figure1",), "fig2": ("figure2",), "fig3": ("figure3a", "figure3b"),
+    "figure1": ("figure1",), "figure2": ("figure2",), "figure3": ("figure3a", "figure3b"),
+    "figure3a": ("figure3a",), "figure3b": ("figure3b",),
+}
+UPSTREAM_STAGES = ("pretrain", "adapt")
+# The MLproject (kubernetes backend) lives at the repository root, beside the package.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BACKEND_CONFIG = Path("kubernetes") / "backend_config.json"
+LOG_DIR = Path("rssc_outputs") / "reproduce" / "logs"  # subprocess logs (parallel > 1)
+_POLL_S = 0.5
+
+
+# --- The plan -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    """One run of the plan, and what became of it."""
+
+    stage: str
+    source: str
+    target: str
+    seed: int
+    level: int  # 0: pretrain/adapt, 1: transfers (need level 0)
+    cells: list[str]  # "table3 mlrsnet_half/ucm", or "needed by ..." for a dependency
+    depends_on: list[RunKey]
+    train_images: int
+    eval_images: int
+    epochs: int
+    image_steps: int
+    gpu_hours: float
+    exact: bool  # image counts from the prepared dataset (else the catalog's expected counts)
+    needs_imagenet_weights: bool
+    status: Status = "todo"
+    run_id: str = ""
+    fingerprint: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def key(self) -> RunKey:
+        return (self.stage, self.source, self.target, self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"{tags.run_name(self.stage, self.source, self.target)} (seed {self.seed})"
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["depends_on"] = [list(k) for k in self.depends_on]
+        return out
+
+
+def split_list(text: str | Iterable[str] | None) -> list[str]:
+    """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c'] (blank items dropped)."""
+    if text is None:
+        return []
+    items = [text] if isinstance(text, str) else list(text)
+    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+
+
+def selected_layouts(only: Sequence[str] | None) -> list[paper.Layout]:
+    """The layouts `only` names (all when None/empty), in the paper's order."""
+    names = split_list(only)
+    unknown = [n for n in names if n.lower() not in SELECTIONS]
+    if unknown:
+        raise RsscError(f"Unknown table or figure {', '.join(map(repr, unknown))} in --only. "
+                        "Choose from: table2, table3, table4, fig1, fig2, fig3.")
+    keys = {k for n in names for k in SELECTIONS[n.lower()]}
+    return [lay for lay in paper.LAYOUTS if not keys or lay.key in keys]
+
+
+def upstream_of(source: str) -> tuple[str, str, str] | None:
+    """The pretrain/adapt run whose registered model a transfer from `source` loads."""
+    init, plus, key = source.partition("+")
+    if plus and init == "imagenet" and key in CATALOG:
+        return ("adapt", key, "")
+    if source in CATALOG:
+        return ("pretrain", source, "")
+    return None  # scratch, imagenet (a weight file), models:/..., a file
+
+
+def _class_counts(key: str) -> tuple[dict[str, int], bool]:
+    """Images per split class of `key`: from the prepared dataset, else the catalog (approx.)."""
+    spec = get_spec(key)
+    try:
+        from rssc_mlflow.data.prepare import load_prepared
+
+        records = load_prepared(key).records
+        # Splits stratify by category where a record has one (MLRSNet), else by label.
+        return dict(collections.Counter(
+            str(r.category) if r.category is not None else str(r.label) for r in records)), True
+    except DatasetError:
+        pass
+    per_class = spec.expected_per_class
+    if per_class is None and spec.is_mlrsnet:  # subsets and the multi-label view: same images
+        per_class = get_spec("mlrsnet_sl").expected_per_class
+    if per_class is None:
+        return {"*": spec.expected_images}, False  # one pseudo-class: fraction of the total
+    keep = spec.categories or tuple(per_class)
+    return {c: (per_class[c] // 2 if spec.fraction < 1 else per_class[c]) for c in keep}, False
+
+
+def _split_sizes(key: str, role: str, cache: dict[str, tuple[dict[str, int], bool]]
+                 ) -> tuple[int, int, bool]:
+    if key not in cache:
+        cache[key] = _class_counts(key)
+    counts, exact = cache[key]
+    train = sum(splits.n_train_for(n, role) for n in counts.values())
+    return train, sum(counts.values()) - train, exact
+
+
+def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None = None,
+         seeds: Sequence[int] = (protocol.SEED,), throughput: float = 2500.0) -> list[PlannedRun]:
+    """Every run the selected tables/figures need, in dependency order (no store access).
+
+    Image-steps: training images x epochs + evaluation images x epochs (the protocol evaluates
+    the held-out split after every epoch) + one final evaluation; a probe extracts features of
+    all target images once (its epochs on 2048-d features cost ~nothing).
+    """
+    protocol.get_profile(profile)
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise RsscError("reproduce needs at least one seed.")
+    if throughput <= 0:
+        raise RsscError(f"Invalid throughput {throughput!r}: images per second must be positive.")
+    cells: dict[tuple[str, str, str], list[str]] = {}
+    for layout in selected_layouts(only):
+        for (row, col), spec in layout.cells.items():
+            if spec is not None:  # n/a cells: no run
+                cells.setdefault((spec.stage, spec.source, spec.target), []).append(
+                    f"{layout.key} {row}/{col}")
+    for (stage, source, target) in list(cells):
+        up = upstream_of(source) if stage not in UPSTREAM_STAGES else None
+        if up is not None:
+            cells.setdefault(up, []).append(f"needed by {tags.run_name(stage, source, target)}")
+    bases = sorted(cells, key=lambda b: b[0] not in UPSTREAM_STAGES)  # stable: level 0 first
+    sizes: dict[str, tuple[dict[str, int], bool]] = {}
+    out: list[PlannedRun] = []
+    for level in (0, 1):
+        for seed in seeds:
+            for stage, source, target in bases:
+                if (stage in UPSTREAM_STAGES) != (level == 0):
+                    continue
+                key = target or source
+                role = "source" if stage in UPSTREAM_STAGES else "target"
+                train, test, exact = _split_sizes(key, role, sizes)
+                epochs = resolve_settings(stage, source=source, target=target,
+                                          profile=profile).epochs
+                steps = (train + test if stage == "probe"
+                         else (train + test) * epochs + test)
+                up = upstream_of(source) if level == 1 else None
+                out.append(PlannedRun(
+                    stage, source, target, seed, level, cells[(stage, source, target)],
+                    [(*up, s) for s in seeds] if up else [], train, test, epochs, steps,
+                    steps / throughput / 3600, exact,
+                    stage == "adapt" or source == "imagenet"))
+    return out
+
+
+# --- The report ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReproduceReport:
+    profile: str
+    backend: str
+    seeds: list[int]
+    throughput: float
+    plan_only: bool
+    planned: list[PlannedRun]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ran(self) -> list[PlannedRun]:
+        return [r for r in self.planned if r.status == "ran"]
+
+    @property
+    def skipped(self) -> list[PlannedRun]:
+        """Already done (with the run id found), or blocked by a failed dependency."""
+        return [r for r in self.planned if r.status in ("done", "blocked")]
+
+    @property
+    def failed(self) -> list[PlannedRun]:
+        return [r for r in self.planned if r.status == "failed"]
+
+    @property
+    def todo(self) -> list[PlannedRun]:
+        return [r for r in self.planned if r.status == "todo"]
+
+    @property
+    def ok(self) -> bool:
+        """False when a run failed or was blocked (a plan is always ok; see `warnings`)."""
+        if self.plan_only:
+            return True
+        return not self.failed and not any(r.status == "blocked" for r in self.planned)
+
+    @property
+    def total_image_steps(self) -> int:
+        return sum(r.image_steps for r in self.planned)
+
+    @property
+    def total_gpu_hours(self) -> float:
+        return sum(r.gpu_hours for r in self.planned)
+
+    @property
+    def todo_gpu_hours(self) -> float:
+        return sum(r.gpu_hours for r in self.planned if r.status in ("todo", "failed", "blocked"))
+
+    def table(self) -> str:
+        head = (f"{'#':>4}  {'stage':<8} {'source':<20} {'target':<11} {'seed':>5}  "
+                f"{'status':<7} {'run':<12} {'image-steps':>14} {'GPU-h':>8}")
+        lines = [head, "-" * len(head)]
+        for i, r in enumerate(self.planned, start=1):
+            steps = f"{'' if r.exact else '~'}{r.image_steps:,}"
+            lines.append(f"{i:>4}  {r.stage:<8} {r.source:<20} {r.target or '-':<11} {r.seed:>5}  "
+                         f"{r.status:<7} {r.run_id[:12] or '-':<12} {steps:>14} {r.gpu_hours:>8.2f}")
+            if r.reason and r.status in ("failed", "blocked"):
+                lines.append(f"        {r.status}: {r.reason[:300]}")
+        count = collections.Counter(r.status for r in self.planned)
+        lines.append("-" * len(head))
+        lines.append(
+            f"{len(self.planned)} runs ({', '.join(f'{n} {s}' for s, n in count.items())}); "
+            f"{self.total_image_steps:,} image-steps = {self.total_gpu_hours:,.2f} GPU-hours at "
+            f"{self.throughput:,.0f} images/s, {self.todo_gpu_hours:,.2f} still to run "
+            f"(profile {self.profile}, seeds {','.join(map(str, self.seeds))}; '~' = catalog "
+            "estimate, dataset not prepared)")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile, "backend": self.backend, "seeds": self.seeds,
+            "plan_only": self.plan_only, "ok": self.ok, "warnings": self.warnings,
+            "total_image_steps": self.total_image_steps, "total_gpu_hours": self.total_gpu_hours,
+            "todo_gpu_hours": self.todo_gpu_hours,
+            "planned": [r.to_json() for r in self.planned],
+            "ran": [list(r.key) for r in self.ran], "skipped": [list(r.key) for r in self.skipped],
+            "failed": [list(r.key) for r in self.failed],
+        }
+
+
+# --- The store --------------------------------------------------------------------------------
+
+
+def finished_runs() -> dict[tuple[str, str, str, str, str], str]:
+    """{(stage, source, target, seed, fingerprint): run id} of FINISHED runs, in one query.
+
+    All experiments are searched (a run moved or started under another experiment name still
+    counts); the earliest run wins so the answer is stable.
+    """
+    found = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string="attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time ASC"])
+    index: dict[tuple[str, str, str, str, str], str] = {}
+    for run in found:
+        t = run.data.tags
+        if tags.TAG_STAGE not in t or tags.TAG_FINGERPRINT not in t:
+            continue
+        key = (t[tags.TAG_STAGE], t.get(tags.TAG_SOURCE, ""), t.get(tags.TAG_TARGET, ""),
+               t.get(tags.TAG_SEED, ""), t[tags.TAG_FINGERPRINT])
+        index.setdefault(key, run.info.run_id)
+    return index
+
+
+def _find_done(run: PlannedRun, index: dict[tuple[str, str, str, str, str], str],
+               profile: str) -> str | None:
+    """The id of a FINISHED run equal to `run`, or None (fingerprint computed only if needed)."""
+    prefix = (run.stage, run.source, run.target, str(run.seed))
+    if not any(k[:4] == prefix for k in index):  # nothing to compare with: skip the fingerprint
+        return None
+    from rssc_mlflow import commands  # TensorFlow: only once there is something to compare
+
+    run.fingerprint = commands.fingerprint_for(run.stage, source=run.source, target=run.target,
+                                               profile=profile, seed=run.seed)
+    return index.get((*prefix, run.fingerprint))
+
+
+# --- Prerequisites ------------------------------------------------------------------------------
+
+
+def _missing_prerequisites(planned: list[PlannedRun]) -> list[str]:
+    """One message per missing dataset and for missing ImageNet weights (with what to do)."""
+    problems: list[str] = []
+    missing = sorted({r.target or r.source for r in planned if not r.exact})
+    if missing:
+        problems.append(
+            f"dataset(s) not prepared: {', '.join(missing)}. Prepare each with `rssc prepare KEY "
+            "--manual-dir DIR` (see `rssc datasets` for the download pages).")
+    needing = [r for r in planned if r.needs_imagenet_weights]
+    if needing:
+        from rssc_mlflow import models
+
+        try:
+            models.imagenet_weights_path()
+        except RsscError as exc:
+            names = sorted({tags.run_name(r.stage, r.source, r.target) for r in needing})
+            problems.append(
+                f"{len(needing)} run(s) need the Keras ImageNet weight file "
+                f"{models.IMAGENET_WEIGHTS_FILE} (set {models.IMAGENET_WEIGHTS_ENV} to its path), "
+                f"e.g. {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}: {exc}")
+    return problems
+
+
+# --- Backends -----------------------------------------------------------------------------------
+
+Progress = Callable[[str], None]
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
+
+
+class _Local:
+    """In-process calls of `commands.*` (TensorFlow imported once), or subprocesses if parallel."""
+
+    def __init__(self, profile: str, parallel: int, log_model_finetune: bool) -> None:
+        self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
+
+    def run_wave(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
+        if self.parallel > 1 and len(wave) > 1:
+            self._subprocesses(wave, say)
+            return
+        for run in wave:
+            self._in_process(run, say)
+
+    def _in_process(self, run: PlannedRun, say: Callable[[PlannedRun, str], None]) -> None:
+        from rssc_mlflow import commands
+
+        say(run, "...")
+        started = time.monotonic()
+        params: dict[str, Any] = {"profile": self.profile, "seed": run.seed}
+        try:
+            if run.stage == "pretrain":
+                result = commands.pretrain(run.source, **params)
+            elif run.stage == "adapt":
+                result = commands.adapt(run.source, **params)
+            elif run.stage == "finetune":
+                result = commands.finetune(run.source, run.target,
+                                           log_model=self.log_model_finetune, **params)
+            else:
+                result = commands.probe(run.source, run.target, **params)
+        except Exception as exc:  # noqa: BLE001 - one failure must not stop independent runs
+            _failed(run, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        else:
+            run.status, run.run_id, run.metrics = "ran", result.run_id, dict(result.metrics)
+            run.seconds = time.monotonic() - started
+        finally:
+            _release_memory()
+        say(run, _outcome(run))
+
+    def argv(self, run: PlannedRun) -> list[str]:
+        argv = [sys.executable, "-m", "rssc_mlflow.cli", run.stage, "--source", run.source]
+        if run.target:
+            argv += ["--target", run.target]
+        argv += ["--profile", self.profile, "--seed", str(run.seed)]
+        if run.stage == "finetune" and not self.log_model_finetune:
+            argv.append("--no-log-model")
+        return argv
+
+    def _subprocesses(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
+        # The children must write to the store this process reads, even if it was set in code.
+        env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        pending, active = list(wave), []
+        while pending or active:
+            while pending and len(active) < self.parallel:
+                run = pending.pop(0)
+                log = LOG_DIR / f"{run.stage}-{run.source}-{run.target or 'none'}-seed{run.seed}.log"
+                with log.open("w") as fh:
+                    proc = subprocess.Popen(self.argv(run), stdout=fh, stderr=subprocess.STDOUT,
+                                            env=env)
+                say(run, f"... (pid {proc.pid}, log {log})")
+                active.append((run, proc, log, time.monotonic()))
+            time.sleep(_POLL_S)
+            for item in list(active):
+                run, proc, log, started = item
+                if proc.poll() is None:
+                    continue
+                active.remove(item)
+                text = log.read_text(errors="replace") if log.exists() else ""
+                found = re.search(r"^run (\w+) FINISHED(.*)$", text, re.MULTILINE)
+                if proc.returncode == 0 and found:
+                    run.status, run.run_id = "ran", found.group(1)
+                    run.metrics = {k: float(v) for k, v in
+                                   re.findall(r"(\w+)=([-\d.eE+]+)", found.group(2))}
+                    run.seconds = time.monotonic() - started
+                else:
+                    tail = " | ".join(text.strip().splitlines()[-3:])
+                    _failed(run, f"exit status {proc.returncode} (log {log}): {tail}",
+                            time.monotonic() - started)
+                say(run, _outcome(run))
+
+
+class _Kubernetes:
+    """One `mlflow.projects.run(..., backend="kubernetes", synchronous=True)` per run."""
+
+    def __init__(self, profile: str, parallel: int, log_model_finetune: bool,
+                 backend_config: Path) -> None:
+        self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
+        self.backend_config = backend_config
+
+    def parameters(self, run: PlannedRun) -> dict[str, str]:
+        params = {"source": run.source, "profile": self.profile, "seed": str(run.seed)}
+        if run.target:
+            params["target"] = run.target
+        if run.stage == "finetune":
+            params["log_model"] = str(self.log_model_finetune).lower()
+        return params
+
+    def _one(self, run: PlannedRun, say: Callable[[PlannedRun, str], None]) -> None:
+        import mlflow.projects
+
+        say(run, "... (kubernetes job)")
+        started = time.monotonic()
+        try:
+            submitted = mlflow.projects.run(
+                uri=str(PROJECT_ROOT), entry_point=run.stage, parameters=self.parameters(run),
+                experiment_name=tags.experiment_name(), backend="kubernetes",
+                backend_config=str(self.backend_config), synchronous=True, env_manager="local")
+            run.run_id = submitted.run_id
+            try:
+                run.metrics = dict(mlflow.MlflowClient().get_run(run.run_id).data.metrics)
+            except Exception:  # noqa: BLE001 - metrics are only shown; the run is what counts
+                run.metrics = {}
+            run.status, run.seconds = "ran", time.monotonic() - started
+        except Exception as exc:  # noqa: BLE001 - ExecutionException, API errors, ...
+            _failed(run, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        say(run, _outcome(run))
+
+    def run_wave(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
+        if self.parallel <= 1:
+            for run in wave:
+                self._one(run, say)
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            list(pool.map(lambda r: self._one(r, say), wave))
+
+
+def _failed(run: PlannedRun, reason: str, seconds: float) -> None:
+    run.status, run.reason, run.seconds = "failed", reason, seconds
+
+
+def _outcome(run: PlannedRun) -> str:
+    if run.status == "ran":
+        metrics = _format_metrics(run.metrics)
+        return f"... {run.seconds:.1f} s{', ' + metrics if metrics else ''} (run {run.run_id})"
+    return f"... FAILED after {run.seconds:.1f} s: {run.reason[:500]}"
+
+
+def _release_memory() -> None:
+    """Free the previous run's graphs: a long in-process sequence would otherwise keep them."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def load_backend_config(path: Path | None) -> Path:
+    """Validate a Kubernetes backend config; return a copy whose template path is absolute.
+
+    A relative `kube-job-template-path` is taken relative to the config file (MLflow itself would
+    read it relative to the working directory, so the copy spells it out).
+    """
+    import yaml
+
+    path = Path(path) if path is not None else PROJECT_ROOT / DEFAULT_BACKEND_CONFIG
+    if not path.is_file():
+        raise RsscError(f"Kubernetes backend config {path} does not exist. Pass --backend-config "
+                        f"FILE.json (see {DEFAULT_BACKEND_CONFIG} in the repository).")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RsscError(f"Kubernetes backend config {path} is not readable JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise RsscError(f"Kubernetes backend config {path} must be a JSON object.")
+    for field in ("kube-job-template-path", "repository-uri"):
+        if not config.get(field):
+            raise RsscError(f"Kubernetes backend config {path} lacks {field!r} (MLflow needs "
+                            "kube-job-template-path and repository-uri; kube-context is optional).")
+    template = Path(config["kube-job-template-path"]).expanduser()
+    if not template.is_absolute():
+        template = (path.parent / template).resolve()
+    if not template.is_file():
+        raise RsscError(f"The job template {config['kube-job-template-path']!r} named in {path} "
+                        f"does not exist (looked at {template}).")
+    try:
+        job = yaml.safe_load(template.read_text())
+    except yaml.YAMLError as exc:
+        raise RsscError(f"The job template {template} is not valid YAML: {exc}") from None
+    if not isinstance(job, dict) or job.get("kind") != "Job" or \
+            not (job.get("metadata") or {}).get("namespace"):
+        raise RsscError(f"The job template {template} must be a batch/v1 Job with "
+                        "metadata.namespace (MLflow creates the job in that namespace).")
+    resolved = {**config, "kube-job-template-path": str(template)}
+    fd, out = tempfile.mkstemp(prefix="rssc-backend-", suffix=".json")  # MLflow wants .json
+    with os.fdopen(fd, "w") as fh:
+        json.dump(resolved, fh)
+    return Path(out)
+
+
+def _check_project_for_kubernetes() -> None:
+    """MLflow's kubernetes backend builds an image from the MLproject's docker_env."""
+    import yaml
+
+    project = PROJECT_ROOT / "MLproject"
+    if not project.is_file():
+        raise RsscError(f"No MLproject at {PROJECT_ROOT}: the kubernetes backend runs the "
+                        "project from a checkout of the repository.")
+    spec = yaml.safe_load(project.read_text()) or {}
+    if not (spec.get("docker_env") or {}).get("image"):
+        raise RsscError(f"{project} has no `docker_env: {{image: ...}}`: MLflow's kubernetes "
+                        "backend builds the job's image on top of it. Add one (a TensorFlow GPU "
+                        "image with the package installed).")
+
+
+# --- Reproduce ----------------------------------------------------------------------------------
+
+
+def _waves(planned: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """Groups of independent runs, in order. Level 0 goes seed by seed so that the alias ends on
+    the last seed's model even when runs go in parallel; level 1 is one group."""
+    waves: dict[tuple[int, int], list[PlannedRun]] = {}
+    for run in planned:
+        waves.setdefault((run.level, run.seed if run.level == 0 else 0), []).append(run)
+    return list(waves.values())
+
+
+def reproduce(
+    profile: str = protocol.DEFAULT_PROFILE,
+    *,
+    only: Sequence[str] | None = None,
+    seeds: Sequence[int] = (protocol.SEED,),
+    plan_only: bool = False,
+    backend: Backend = "local",
+    backend_config: Path | None = None,
+    parallel: int = 1,
+    throughput: float = 2500.0,
+    log_model_finetune: bool = True,
+    progress: Progress = print,
+) -> ReproduceReport:
+    """Plan the runs of the selected tables/figures and run those not yet done (see module doc).
+
+    Raises RsscError before any run when a dataset is not prepared, the ImageNet weights are
+    missing while a run needs them, or the kubernetes backend is not configured (with
+    `plan_only`, missing prerequisites are warnings on the report instead).
+    """
+    if backend not in ("local", "kubernetes"):
+        raise RsscError(f"Unknown backend {backend!r}: choose local or kubernetes.")
+    if parallel < 1:
+        raise RsscError(f"Invalid parallel={parallel}: at least 1 run at a time.")
+    planned = plan(profile, only=only, seeds=seeds, throughput=throughput)
+    report = ReproduceReport(profile, backend, list(dict.fromkeys(int(s) for s in seeds)),
+                             throughput, plan_only, planned)
+    problems = _missing_prerequisites(planned)
+    runner: _Local | _Kubernetes
+    if plan_only:
+        report.warnings += problems
+    else:
+        if problems:
+            raise RsscError("reproduce cannot start: " + " ".join(problems) + " Nothing was run.")
+        if backend == "kubernetes":
+            _check_project_for_kubernetes()
+            runner = _Kubernetes(profile, parallel, log_model_finetune,
+                                 load_backend_config(backend_config))
+            if not mlflow.get_tracking_uri().startswith(("http://", "https://")):
+                progress(f"warning: the tracking store {mlflow.get_tracking_uri()} is not a "
+                         "server; the cluster's jobs cannot write to it (set MLFLOW_TRACKING_URI "
+                         "to the team server).")
+        else:
+            runner = _Local(profile, parallel, log_model_finetune)
+        tags.check_tracking_reachable()
+
+    total = len(planned)
+    position = {id(r): i for i, r in enumerate(planned, start=1)}
+    by_key = {r.key: r for r in planned}
+
+    def say(run: PlannedRun, text: str) -> None:
+        progress(f"[{position[id(run)]}/{total}] {run.label} {text}")
+
+    for wave in _waves(planned):
+        index = finished_runs()  # refreshed per wave: the previous one registered upstreams
+        todo: list[PlannedRun] = []
+        for run in wave:
+            bad = [by_key[k] for k in run.depends_on if by_key[k].status in ("failed", "blocked")]
+            if bad and not plan_only:
+                run.status = "blocked"
+                run.reason = "upstream " + ", ".join(b.label for b in bad) + " did not finish"
+                say(run, f"skipped: {run.reason}")
+                continue
+            try:
+                done = _find_done(run, index, profile)
+            except RsscError as exc:  # plan only: upstream not registered yet, dataset missing
+                if not plan_only:
+                    _failed(run, f"{type(exc).__name__}: {exc}", 0.0)
+                    say(run, _outcome(run))
+                    continue
+                run.reason, done = str(exc), None
+            if done:
+                run.status, run.run_id, run.reason = "done", done, "already done"
+                say(run, f"already done: run {done}")
+            elif plan_only:
+                say(run, f"todo: {run.image_steps:,} image-steps, {run.gpu_hours:.2f} GPU-hours")
+            else:
+                todo.append(run)
+        if todo and not plan_only:
+            runner.run_wave(todo, say)
+    progress(f"{len(report.ran)} ran, {len(report.skipped)} skipped, {len(report.failed)} failed, "
+             f"{len(report.todo)} to do; {report.todo_gpu_hours:.2f} of "
+             f"{report.total_gpu_hours:.2f} GPU-hours still to run")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rssc_mlflow.results.reproduce",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default=protocol.DEFAULT_PROFILE)
+    parser.add_argument("--only", default="", help="table2,table3,table4,fig1,fig2,fig3")
+    parser.add_argument("--seeds", default=str(protocol.SEED))
+    parser.add_argument("--plan", action="store_true", help="print the plan, run nothing")
+    parser.add_argument("--backend", default="local", choices=("local", "kubernetes"))
+    parser.add_argument("--backend-config", type=Path, default=None)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--throughput", type=float, default=2500.0)
+    parser.add_argument("--no-log-model-finetune", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        report = reproduce(
+            args.profile, only=split_list(args.only) or None,
+            seeds=[int(s) for s in split_list(args.seeds)], plan_only=args.plan,
+            backend=args.backend, backend_config=args.backend_config, parallel=args.parallel,
+            throughput=args.throughput, log_model_finetune=not args.no_log_model_finetune,
+            progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except RsscError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.table())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(), indent=1))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

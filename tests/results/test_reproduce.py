@@ -1,0 +1,373 @@
+"""`reproduce`: the plan (no training), the kubernetes backend (mlflow.projects.run faked) and,
+marked slow, a real smoke reproduction killed half-way and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from rssc_mlflow.data import splits
+from rssc_mlflow.errors import RsscError
+from rssc_mlflow.results import paper, reproduce as rep
+from rssc_mlflow.tracking import runs as tags
+
+TABLES34 = ["table3", "table4"]
+SUBSETS = ("mlrsnet_ucm_same", "mlrsnet_ucm_other", "mlrsnet_half")
+
+
+def _prepare(root: Path, mlrsnet_per_class: int = 6, ucm_per_class: int = 3) -> None:
+    """Tiny synthetic MLRSNet + UCM prepared into $RSSC_DATA_DIR.
+
+    MLRSNet gets 6 images per category: `mlrsnet_half` keeps floor(6/2) = 3 of each, of which
+    the 80% split trains on 2 and evaluates 1 (with 3 per category the half subset has no
+    evaluation images at all).
+    """
+    from rssc_mlflow.data.prepare import prepare
+    from rssc_mlflow.data.synth import write_synthetic
+
+    raw = root / "raw"
+    for key, n in (("mlrsnet_sl", mlrsnet_per_class), ("ucm", ucm_per_class)):
+        manual = write_synthetic(raw, keys=[key], images_per_class=n, image_size=32)[key]
+        prepare(key, manual)
+
+
+# --- The plan ---------------------------------------------------------------------------------
+
+
+def _expected_paper_runs() -> int:
+    cells = {(c.stage, c.source, c.target) for lay in paper.LAYOUTS for c in lay.cells.values()
+             if c is not None}
+    ups = {rep.upstream_of(s) for st, s, _ in cells if st in ("probe", "finetune")} - {None}
+    return len(cells | ups)
+
+
+def test_full_paper_plan_counts_and_order() -> None:
+    planned = rep.plan("paper")
+    # 12 Table II + 3 + 3 subsets' transfers + 48 + 55 + 14 + 14 figure cells, plus the pretrain
+    # runs only transfers need (imagenet100 and the three MLRSNet subsets).
+    assert len(planned) == _expected_paper_runs() == 153
+    assert len({r.key for r in planned}) == 153
+    stages = [r.stage for r in planned]
+    assert stages.count("pretrain") == 10 and stages.count("adapt") == 6
+    assert stages.count("probe") == 3 + 48 + 14 and stages.count("finetune") == 3 + 55 + 14
+    position = {r.key: i for i, r in enumerate(planned)}
+    for r in planned:
+        for dep in r.depends_on:
+            assert position[dep] < position[r.key], (dep, r.key)
+    last_upstream = max(i for i, r in enumerate(planned) if r.level == 0)
+    assert all(r.level == 1 for r in planned[last_upstream + 1:])
+    finetune_aid = next(r for r in planned if r.key == ("finetune", "imagenet+aid", "ucm", 42))
+    assert finetune_aid.depends_on == [("adapt", "aid", "", 42)]
+    assert next(r for r in planned if r.key == ("probe", "imagenet", "ucm", 42)).depends_on == []
+
+
+def test_plan_deduplicates_and_excludes_na_cells() -> None:
+    planned = rep.plan("paper", only=["table2", "fig1", "fig3"])
+    keys = [r.key for r in planned]
+    assert len(keys) == len(set(keys))
+    # Table II's pretrain resisc45 is also Figure 1's dependency: one run, both reasons.
+    pre = next(r for r in planned if r.key == ("pretrain", "resisc45", "", 42))
+    assert any(c.startswith("table2") for c in pre.cells)
+    assert any(c.startswith("needed by probe resisc45") for c in pre.cells)
+    # n/a cells (source and target share images) never become runs.
+    assert ("probe", "resisc45", "resisc45", 42) not in keys
+    assert ("probe", "mlrsnet_sl", "mlrsnet_ml", 42) not in keys
+    assert ("probe", "imagenet+mlrsnet_ml", "mlrsnet_sl", 42) not in keys
+    assert not any(paper.shares_images(r.source, r.target) for r in planned if r.target)
+
+
+def test_plan_seeds_multiply_and_only_filters() -> None:
+    one = rep.plan("smoke", only=TABLES34)
+    assert [r.key for r in one[:3]] == [("pretrain", s, "", 42) for s in SUBSETS]
+    assert len(one) == 9 and {r.stage for r in one[3:]} == {"probe", "finetune"}
+    three = rep.plan("smoke", only=["table3,table4"], seeds=[1, 2, 3])
+    assert len(three) == 27
+    assert {r.seed for r in three} == {1, 2, 3}
+    # Every transfer depends on its upstream's runs of all seeds (the alias is the last's).
+    probe = next(r for r in three if r.key == ("probe", "mlrsnet_half", "ucm", 2))
+    assert probe.depends_on == [("pretrain", "mlrsnet_half", "", s) for s in (1, 2, 3)]
+    assert [r.seed for r in three if r.level == 0] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert {r.stage for r in rep.plan("paper", only=["table2"])} == {"pretrain", "adapt"}
+    assert len(rep.plan("paper", only=["fig3"])) == 4 + 28  # 4 adapt + figure 3a and 3b
+    with pytest.raises(RsscError, match="table5"):
+        rep.plan("paper", only=["table5"])
+
+
+def test_image_steps_unprepared_use_catalog_counts() -> None:
+    planned = {r.key: r for r in rep.plan("paper", only=TABLES34, throughput=1000.0)}
+    same = planned[("pretrain", "mlrsnet_ucm_same", "", 42)]
+    assert not same.exact and same.train_images + same.eval_images == 50_197
+    half = planned[("pretrain", "mlrsnet_half", "", 42)]
+    assert half.train_images + half.eval_images == 54_573
+    ft = planned[("finetune", "mlrsnet_half", "ucm", 42)]
+    assert (ft.train_images, ft.eval_images) == (420, 1680)  # 20 of each 100 UCM images
+    assert ft.image_steps == 2100 * 100 + 1680
+    assert planned[("probe", "mlrsnet_half", "ucm", 42)].image_steps == 2100
+    assert ft.gpu_hours == pytest.approx(ft.image_steps / 1000.0 / 3600)
+
+
+def test_image_steps_of_a_prepared_dataset(isolated_environment: Path) -> None:
+    _prepare(isolated_environment, mlrsnet_per_class=6, ucm_per_class=3)
+    planned = {r.key: r for r in rep.plan("demo", only=TABLES34, throughput=100.0)}
+    # By hand: 21 categories x 6 images, 80% -> round(4.8) = 5 train, 1 test per category.
+    same = planned[("pretrain", "mlrsnet_ucm_same", "", 42)]
+    assert same.exact and (same.train_images, same.eval_images) == (21 * 5, 21 * 1)
+    assert same.image_steps == (21 * 6) * 3 + 21  # demo: 3 epochs, plus a final evaluation
+    # Half: floor(6/2) = 3 per category of 46 -> round(2.4) = 2 train, 1 test.
+    half = planned[("pretrain", "mlrsnet_half", "", 42)]
+    assert (half.train_images, half.eval_images) == (46 * 2, 46 * 1)
+    assert splits.n_train_for(3, "target") == 1
+    ft = planned[("finetune", "mlrsnet_ucm_other", "ucm", 42)]
+    assert (ft.train_images, ft.eval_images) == (21, 42)  # UCM 3 per class, 20% -> 1
+    assert ft.image_steps == 63 * 3 + 42
+    probe = planned[("probe", "mlrsnet_ucm_other", "ucm", 42)]
+    assert probe.image_steps == 63
+    report = rep.ReproduceReport("demo", "local", [42], 100.0, True, list(planned.values()))
+    assert report.total_image_steps == sum(r.image_steps for r in planned.values())
+    assert report.total_gpu_hours == pytest.approx(report.total_image_steps / 100.0 / 3600)
+    assert f"{report.total_image_steps:,}" in report.table()
+
+
+def test_missing_datasets_and_weights(isolated_environment: Path) -> None:
+    with pytest.raises(RsscError, match="not prepared: mlrsnet_half, mlrsnet_ucm_other"):
+        rep.reproduce("smoke", only=TABLES34, progress=lambda m: None)
+    with pytest.raises(RsscError, match="RSSC_IMAGENET_WEIGHTS") as err:
+        rep.reproduce("smoke", only=["fig3"], progress=lambda m: None)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(err.value)
+    report = rep.reproduce("smoke", only=["fig3"], plan_only=True, progress=lambda m: None)
+    assert report.ok and len(report.todo) == 32
+    assert any("RSSC_IMAGENET_WEIGHTS" in w for w in report.warnings)
+    assert any("not prepared" in w for w in report.warnings)
+
+
+# --- Kubernetes (no cluster: mlflow.projects.run is faked) ------------------------------------
+
+
+def _kube_project(root: Path) -> Path:
+    project = root / "project"
+    (project / "kubernetes").mkdir(parents=True)
+    (project / "MLproject").write_text("name: rssc-mlflow\ndocker_env:\n  image: rssc:latest\n")
+    return project
+
+
+def test_backend_config_validation(tmp_path: Path) -> None:
+    with pytest.raises(RsscError, match="does not exist"):
+        rep.load_backend_config(tmp_path / "nope.json")
+    config = tmp_path / "backend.json"
+    config.write_text(json.dumps({"repository-uri": "r", "kube-job-template-path": "job.yaml"}))
+    with pytest.raises(RsscError, match="job.yaml"):
+        rep.load_backend_config(config)
+    # The repository's own files are valid, with the template made absolute.
+    shipped = rep.load_backend_config(rep.PROJECT_ROOT / "kubernetes" / "backend_config.json")
+    resolved = json.loads(shipped.read_text())
+    template = Path(resolved["kube-job-template-path"])
+    assert template.is_absolute() and template.is_file()
+    job = yaml.safe_load(template.read_text())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["kind"] == "Job" and container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(e["name"] == "MLFLOW_TRACKING_URI" for e in container["env"])
+
+
+def test_kubernetes_backend_calls_in_order(isolated_environment: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.projects
+
+    from rssc_mlflow import commands
+
+    _prepare(isolated_environment)
+    project = _kube_project(isolated_environment)
+    monkeypatch.setattr(rep, "PROJECT_ROOT", project)
+    monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
+    client = MlflowClient()
+    calls: list[dict] = []
+
+    def fake_run(**kwargs):
+        calls.append(kwargs)
+        p = kwargs["parameters"]
+        experiment = mlflow.set_experiment(kwargs["experiment_name"]).experiment_id
+        run = client.create_run(experiment, tags={
+            tags.TAG_STAGE: kwargs["entry_point"], tags.TAG_SOURCE: p["source"],
+            tags.TAG_TARGET: p.get("target", ""), tags.TAG_SEED: p["seed"],
+            tags.TAG_FINGERPRINT: "fp"})
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return type("Submitted", (), {"run_id": run.info.run_id})()
+
+    monkeypatch.setattr(mlflow.projects, "run", fake_run)
+    config = project / "kubernetes" / "backend_config.json"
+    (project / "kubernetes" / "job.yaml").write_text(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: x, namespace: rssc}\n")
+    config.write_text(json.dumps({"repository-uri": "r", "kube-job-template-path": "job.yaml"}))
+    report = rep.reproduce("smoke", only=TABLES34, backend="kubernetes", backend_config=config,
+                           log_model_finetune=False, progress=lambda m: None)
+    assert report.ok and len(report.ran) == 9
+    assert [c["entry_point"] for c in calls] == ["pretrain"] * 3 + ["probe"] * 3 + ["finetune"] * 3
+    assert [c["parameters"]["source"] for c in calls[:3]] == list(SUBSETS)
+    for c in calls:
+        assert c["uri"] == str(project) and c["backend"] == "kubernetes"
+        assert c["synchronous"] is True and c["env_manager"] == "local"
+        assert c["parameters"]["profile"] == "smoke" and c["parameters"]["seed"] == "42"
+        used = json.loads(Path(c["backend_config"]).read_text())
+        assert used["kube-job-template-path"] == str(project / "kubernetes" / "job.yaml")
+    assert calls[3]["parameters"] == {"source": "mlrsnet_ucm_same", "target": "ucm",
+                                      "profile": "smoke", "seed": "42"}
+    assert calls[-1]["parameters"]["log_model"] == "false"
+    # Run again: everything is found done, nothing is submitted.
+    calls.clear()
+    again = rep.reproduce("smoke", only=TABLES34, backend="kubernetes", backend_config=config,
+                          progress=lambda m: None)
+    assert calls == [] and len(again.skipped) == 9 and again.ok
+
+
+def test_failure_blocks_dependents_only(isolated_environment: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.projects
+
+    _prepare(isolated_environment)
+    project = _kube_project(isolated_environment)
+    monkeypatch.setattr(rep, "PROJECT_ROOT", project)
+    (project / "kubernetes" / "job_template.yaml").write_text(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: x, namespace: rssc}\n")
+    (project / "kubernetes" / "backend_config.json").write_text(
+        json.dumps({"repository-uri": "r", "kube-job-template-path": "job_template.yaml"}))
+    submitted: list[tuple[str, str]] = []
+
+    def fake_run(**kwargs):
+        p = kwargs["parameters"]
+        submitted.append((kwargs["entry_point"], p["source"]))
+        if p["source"] == "mlrsnet_ucm_other":
+            raise mlflow.exceptions.ExecutionException("job failed")
+        return type("Submitted", (), {"run_id": "r-" + p["source"]})()
+
+    monkeypatch.setattr(mlflow.projects, "run", fake_run)
+    from rssc_mlflow import commands
+
+    monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
+    lines: list[str] = []
+    report = rep.reproduce("smoke", only=TABLES34, backend="kubernetes", progress=lines.append)
+    assert not report.ok
+    assert [r.key for r in report.failed] == [("pretrain", "mlrsnet_ucm_other", "", 42)]
+    blocked = [r.key for r in report.skipped if r.status == "blocked"]
+    assert blocked == [("probe", "mlrsnet_ucm_other", "ucm", 42),
+                       ("finetune", "mlrsnet_ucm_other", "ucm", 42)]
+    assert len(report.ran) == 6 and ("probe", "mlrsnet_half") in submitted
+    assert any(line.startswith("[2/9] pretrain mlrsnet_ucm_other (seed 42) ... FAILED")
+               for line in lines)
+    assert "job failed" in report.table()
+
+
+def test_kubernetes_needs_docker_env(isolated_environment: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _prepare(isolated_environment)
+    project = _kube_project(isolated_environment)
+    (project / "MLproject").write_text("name: rssc-mlflow\nconda_env: conda.yaml\n")
+    monkeypatch.setattr(rep, "PROJECT_ROOT", project)
+    with pytest.raises(RsscError, match="docker_env"):
+        rep.reproduce("smoke", only=TABLES34, backend="kubernetes", progress=lambda m: None)
+
+
+def test_parallel_local_uses_subprocesses(isolated_environment: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from rssc_mlflow import commands
+
+    _prepare(isolated_environment)
+    monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
+    running: list[int] = []
+    peak = [0]
+    argvs: list[list[str]] = []
+
+    class FakePopen:
+        def __init__(self, argv, stdout, stderr, env):
+            argvs.append(argv)
+            assert env["MLFLOW_TRACKING_URI"] == mlflow.get_tracking_uri()
+            stdout.write(f"run id{len(argvs)} FINISHED test_accuracy=0.5000\n")
+            self.pid, self.polls, self.returncode = len(argvs), 0, None
+            running.append(self.pid)
+            peak[0] = max(peak[0], len(running))
+
+        def poll(self):
+            self.polls += 1
+            if self.polls >= 2:
+                self.returncode = 0
+                if self.pid in running:
+                    running.remove(self.pid)
+            return self.returncode
+
+    monkeypatch.setattr(rep.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(rep, "_POLL_S", 0.0)
+    report = rep.reproduce("smoke", only=TABLES34, parallel=2, log_model_finetune=False,
+                           progress=lambda m: None)
+    assert report.ok and len(report.ran) == 9 and peak[0] == 2
+    assert argvs[0][1:] == ["-m", "rssc_mlflow.cli", "pretrain", "--source", "mlrsnet_ucm_same",
+                            "--profile", "smoke", "--seed", "42"]
+    assert argvs[-1][-1] == "--no-log-model" and "--target" in argvs[-1]
+    assert report.ran[0].metrics == {"test_accuracy": 0.5}
+
+
+# --- Done when: killed half-way, resumed, nothing redone -------------------------------------
+
+
+def _finished(client: MlflowClient) -> list:
+    return [r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="attributes.status = 'FINISHED'") if tags.TAG_STAGE in r.data.tags]
+
+
+def _cell(run) -> tuple[str, str, str, str]:
+    t = run.data.tags
+    return (t[tags.TAG_STAGE], t[tags.TAG_SOURCE], t[tags.TAG_TARGET], t[tags.TAG_SEED])
+
+
+@pytest.mark.slow
+def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
+    root = isolated_environment
+    _prepare(root)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    client.search_experiments()  # create the store before two processes race to migrate it
+    argv = [sys.executable, "-m", "rssc_mlflow.results.reproduce", "--profile", "smoke",
+            "--only", "table3,table4", "--no-log-model-finetune"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    started = time.monotonic()
+    first = subprocess.Popen([*argv, "--json", str(root / "first.json")], env=env, cwd=root,
+                             stdout=subprocess.DEVNULL, stderr=(root / "first.log").open("w"))
+    try:
+        while len(_finished(client)) < 2:
+            assert first.poll() is None, (root / "first.log").read_text()[-3000:]
+            assert time.monotonic() - started < 400, "no two runs finished in time"
+            time.sleep(1.0)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    before = {r.info.run_id: _cell(r) for r in _finished(client)}
+    assert len(before) >= 2
+
+    second = subprocess.run([*argv, "--json", str(root / "second.json")], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = json.loads((root / "second.json").read_text())
+
+    finished = _finished(client)
+    cells = [_cell(r) for r in finished]
+    planned = [tuple(p[k] if k != "seed" else str(p[k]) for k in ("stage", "source", "target", "seed"))
+               for p in report["planned"]]
+    assert len(planned) == 9 and sorted(cells) == sorted(planned)  # one FINISHED run each
+    for run_id, cell in before.items():  # nothing finished before the kill was redone
+        assert [r.info.run_id for r in finished if _cell(r) == cell] == [run_id]
+    skipped = {p["run_id"] for p in report["planned"] if p["status"] == "done"}
+    assert set(before) <= skipped
+    assert len(report["ran"]) == 9 - len(skipped)
+
+    third = rep.reproduce("smoke", only=TABLES34, plan_only=True, progress=lambda m: None)
+    assert [r.status for r in third.planned] == ["done"] * 9
+    assert {r.run_id for r in third.planned} == {r.info.run_id for r in finished}
+    assert third.todo_gpu_hours == 0

@@ -1,0 +1,193 @@
+"""pretrain -> registry -> finetune / extract / probe -> weights download, on the local store.
+
+Every run is read back from the tracking store: parameters, tags, lineage, per-epoch metrics,
+inputs, artifacts and registered versions. Numbers that can be recomputed independently (the
+lbfgs probe from the logged features) are.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
+
+from rssc_mlflow import commands, models
+from rssc_mlflow.data.catalog import get_spec
+from rssc_mlflow.errors import RsscError
+from rssc_mlflow.tracking import registry, runs
+
+pytestmark = pytest.mark.slow
+SMOKE = {"profile": "smoke"}
+
+
+@pytest.fixture()
+def store(world, monkeypatch):
+    world.activate(monkeypatch)
+    return mlflow.MlflowClient()
+
+
+@pytest.fixture(scope="module")
+def pretrained(world):
+    """One from-scratch model on synthetic RESISC45, shared by the transfer tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        world.activate(mp)
+        return commands.pretrain("resisc45", **SMOKE)
+
+
+def _artifacts(client, run_id, path=""):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_pretrain_records_everything(pretrained, store):
+    run = store.get_run(pretrained.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "pretrain resisc45"
+    tags, params = run.data.tags, run.data.params
+    assert tags[runs.TAG_STAGE] == "pretrain" and tags[runs.TAG_SOURCE] == "resisc45"
+    assert tags[runs.TAG_SYNTHETIC] == "true"
+    assert len(tags[runs.TAG_FINGERPRINT]) == 16
+    assert tags[runs.TAG_DATASET_DIGEST] and tags[runs.TAG_SPLIT_DIGEST]
+    assert tags[runs.TAG_GIT_COMMIT] and tags[runs.TAG_VERSION]
+    assert tags[runs.TAG_PREPROCESSING] == "unit"
+    assert params["epochs"] == "1" and params["batch_size"] == "8" and params["image_size"] == "32"
+    assert params["lr"] == "default" and params["profile"] == "smoke"
+    # Per-epoch values (step = epoch) and the final evaluation.
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        history = store.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1], key
+    lr = store.get_metric_history(run.info.run_id, "lr")[0].value
+    assert lr == pytest.approx(3e-3, rel=1e-5)  # warm-up over the single epoch reached the peak
+    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+    assert run.data.metrics["test_accuracy"] == pytest.approx(pretrained.metrics["test_accuracy"])
+    # Inputs: the train and test parts of the split, identified by its digest.
+    names = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert names == {"resisc45-source-train", "resisc45-source-test"}
+    files = _artifacts(store, run.info.run_id)
+    assert "evaluation/confusion_matrix.png" in files
+    assert "evaluation/per_class_report.txt" in files
+    split_file = "split/resisc45-source.json"
+    assert split_file in files
+    split = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=split_file)).read())
+    assert split["digest"] == tags[runs.TAG_SPLIT_DIGEST]
+    assert len(split["train"]) == 45 * 2 and len(split["test"]) == 45  # 3 per class: 2/1
+
+
+def test_pretrain_registers_with_profile_alias_and_preprocessing(pretrained, store):
+    mv = store.get_model_version_by_alias("rssc-resnet50-resisc45", "smoke")
+    assert str(mv.version) == pretrained.model_version == "1"
+    assert mv.run_id == pretrained.run_id
+    assert mv.tags[registry.MV_PREPROCESSING] == "unit"
+    assert mv.tags[registry.MV_LINEAGE] == "scratch"
+    assert mv.tags[registry.MV_SYNTHETIC] == "true"
+    resolved = registry.resolve_source("resisc45", profile="smoke")
+    assert (resolved.model_name, resolved.version, resolved.note) == ("rssc-resnet50-resisc45", "1", "")
+    fallback = registry.resolve_source("resisc45", profile="paper")
+    assert "no version of 'rssc-resnet50-resisc45' has alias @paper" in fallback.note
+
+
+def test_finetune_records_lineage(pretrained, store):
+    result = commands.finetune("resisc45", "ucm", log_model=False, **SMOKE)
+    run = store.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "finetune resisc45 -> ucm"
+    tags = run.data.tags
+    assert tags[runs.TAG_LINEAGE_NAME] == "rssc-resnet50-resisc45"
+    assert tags[runs.TAG_LINEAGE_VERSION] == "1"
+    assert tags[runs.TAG_LINEAGE_RUN] == pretrained.run_id
+    # The upstream model's fingerprint is part of this run's: comparable only with equal lineage.
+    assert tags[runs.TAG_FINGERPRINT] != store.get_run(pretrained.run_id).data.tags[runs.TAG_FINGERPRINT]
+    assert "test_accuracy" in run.data.metrics
+    lr = store.get_metric_history(run.info.run_id, "lr")[0].value
+    assert lr == pytest.approx(3e-4, rel=1e-5)  # pre-trained start: peak 3e-4
+
+
+def test_probe_reuses_features_and_lbfgs_matches_sklearn(pretrained, store):
+    adam = commands.probe("resisc45", "ucm", **SMOKE)
+    lbfgs = commands.probe("resisc45", "ucm", solver="lbfgs", **SMOKE)
+    adam_run, lbfgs_run = store.get_run(adam.run_id), store.get_run(lbfgs.run_id)
+    key = adam_run.data.tags[runs.TAG_FEATURE_KEY]
+    assert lbfgs_run.data.tags[runs.TAG_FEATURE_KEY] == key
+    assert lbfgs_run.data.tags["rssc.features_from_run"] == adam.run_id
+    assert adam_run.data.tags[runs.TAG_FINGERPRINT] != lbfgs_run.data.tags[runs.TAG_FINGERPRINT]
+    # The faithful probe logs one value per epoch (smoke: 2 epochs).
+    assert [m.step for m in store.get_metric_history(adam.run_id, "loss")] == [1, 2]
+    path = mlflow.artifacts.download_artifacts(run_id=adam.run_id,
+                                               artifact_path=commands.FEATURES_ARTIFACT)
+    with np.load(path) as f:
+        train_x, train_y, test_x, test_y = f["train_x"], f["train_y"], f["test_x"], f["test_y"]
+    assert train_x.shape == (21, 2048) and test_x.shape == (42, 2048)  # UCM 3/class: 1 train, 2 test
+    expected = accuracy_score(test_y, LogisticRegression(max_iter=1000, random_state=42)
+                              .fit(train_x, train_y).predict(test_x))
+    assert lbfgs_run.data.metrics["test_accuracy"] == pytest.approx(expected)
+
+
+def test_extract_writes_features_artifact(pretrained, store):
+    result = commands.extract("resisc45", "aid", **SMOKE)
+    run = store.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[runs.TAG_STAGE] == "extract"
+    assert run.data.metrics["train_images"] == 30 and run.data.metrics["test_images"] == 60
+
+
+def test_weights_download_gives_a_loadable_notop_file(pretrained, store, tmp_path):
+    model_path, weights_path, meta = registry.download("resisc45", tmp_path, profile="smoke")
+    assert json.loads(meta.read_text())["preprocessing"] == "unit"
+    registered = models.load_model_file(model_path)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
+                                           input_shape=(32, 32, 3))
+    models.load_backbone_weights(backbone, weights_path)
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(backbone.predict(x, verbose=0),
+                               models.backbone_of(registered).predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_multilabel_pretrain_logs_f1_and_map(world, store):
+    result = commands.pretrain("mlrsnet_ml", **SMOKE)
+    metrics = store.get_run(result.run_id).data.metrics
+    for key in ("test_f1_micro", "test_f1_macro", "test_f1_weighted", "test_f1_samples", "test_map"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert "f1_micro" in metrics and "val_f1_micro" in metrics  # per-epoch keras F1
+    assert get_spec("mlrsnet_ml").task == "multi"
+
+
+def _no_running_runs(client) -> None:
+    running = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert running == []
+
+
+def test_unregistered_source_names_the_command_and_starts_no_run(world, store):
+    with pytest.raises(RsscError, match=r"rssc pretrain --source aid --profile smoke"):
+        commands.finetune("aid", "ucm", **SMOKE)
+    with pytest.raises(RsscError, match=r"rssc adapt --source aid --profile smoke"):
+        commands.probe("imagenet+aid", "ucm", **SMOKE)
+    with pytest.raises(RsscError, match=r"Unknown source 'bogus'"):
+        commands.finetune("bogus", "ucm", **SMOKE)
+    with pytest.raises(RsscError, match=r"share their images"):
+        commands.finetune("mlrsnet_sl", "mlrsnet_ml", **SMOKE)
+    _no_running_runs(store)
+
+
+def test_imagenet_without_weights_says_which_file(world, store, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(RsscError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+        commands.adapt("ucm", **SMOKE)
+    _no_running_runs(store)
+
+
+def test_nan_loss_marks_the_run_failed_with_the_epoch(world, store):
+    with pytest.raises(RsscError, match=r"loss became nan in epoch 1"):
+        commands.finetune("scratch", "ucm", lr=1e12, log_model=False, **SMOKE)
+    failed = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string="attributes.status = 'FAILED'")
+    assert len(failed) == 1
+    assert "NanLossError" in failed[0].data.tags[runs.TAG_ERROR]
+    _no_running_runs(store)
