@@ -11,7 +11,7 @@ start_postgres() {
   runuser -u postgres -- "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w \
     -o "-p $PG_PORT -k $PGDATA_DIR -c listen_addresses=127.0.0.1" start >/dev/null
   psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE rssc_test" >/dev/null
-  export RSSC_TEST_POSTGRES_URI="postgresql://postgres@127.0.0.1:$PG_PORT/rssc_test"
+  export RSSC_TEST_POSTGRES_URI="postgresql+psycopg2://postgres@127.0.0.1:$PG_PORT/rssc_test"
   PG_BIN="$bin"
   echo "[ci] PostgreSQL running: $RSSC_TEST_POSTGRES_URI"
 }

@@ -281,6 +281,33 @@ def summarize(
                f"logged as run {result.run_id}")
 
 
+@app.command()
+@friendly
+def reproduce(
+    profile: Profile = protocol.DEFAULT_PROFILE,
+    only: Annotated[str, typer.Option(help="Comma-separated: table2,table3,table4,fig1,fig2,fig3 (default: all).")] = "",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every run once per seed.")] = "42",
+    plan: Annotated[bool, typer.Option("--plan", help="Only print the runs, their status and GPU-hours.")] = False,
+    backend: Annotated[str, typer.Option(help="local or kubernetes.")] = "local",
+    backend_config: Annotated[Optional[Path], typer.Option(help="Kubernetes backend config JSON (default: kubernetes/backend_config.json).")] = None,
+    parallel: Annotated[int, typer.Option(help="Independent runs at once (local: subprocesses).")] = 1,
+    throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
+    log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
+) -> None:
+    """Run the paper's grid in dependency order; re-running skips what is already done."""
+    from rssc_mlflow.results.reproduce import reproduce as run_grid
+    from rssc_mlflow.results.reproduce import split_list
+
+    report = run_grid(profile, only=split_list(only) or None,
+                      seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
+                      backend=backend, backend_config=backend_config, parallel=parallel,
+                      throughput=throughput, log_model_finetune=log_model_finetune,
+                      progress=lambda m: typer.echo(m, err=True))
+    typer.echo(report.table())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 # --- Registry and server ---------------------------------------------------------------------
 
 

@@ -81,6 +81,12 @@ def _load_data(key: str, role: str, settings: RunSettings) -> _Data:
     prepared = load_prepared(key)
     split = splits.get_split(prepared, role, seed=settings.seed,
                              split_file=Path(settings.split_file) if settings.split_file else None)
+    if not split.train or not split.test:
+        raise RsscError(
+            f"The {role} split of {key} has {len(split.train)} training and {len(split.test)} "
+            f"test images: {len(prepared.records)} images are too few for a {role} split "
+            "(80/20 or 20/80 per class). Prepare more images per class."
+        )
     return _Data(prepared, split, prepared.spec)
 
 
@@ -102,7 +108,7 @@ def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, augment
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
                    source: registry.ResolvedSource | None) -> None:
     """Params, the tags that identify the result, inputs and the split manifest."""
-    runs.log_params({**settings.as_params(), "effective_preprocessing": preprocessing})
+    runs.log_params({**settings.as_params(), "preprocessing_used": preprocessing})
     tags = {
         runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),
         runs.TAG_SYNTHETIC: str(data.prepared.synthetic).lower(),
@@ -159,7 +165,7 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
     except Exception:  # noqa: BLE001
         raise RsscError(f"Cannot resume run {run_id!r}: it is not in the tracking store at "
                         f"{mlflow.get_tracking_uri()}.") from None
-    p = run.data.params
+    p = runs.effective_params(run.data.params)
     opt = lambda k: None if p.get(k, "default") == "default" else p[k]  # noqa: E731
     settings = resolve_settings(
         p["stage"], source=p["source"], target=p.get("target", ""), profile=p["profile"],
@@ -167,7 +173,7 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
         image_size=int(p["image_size"]), seed=int(p["seed"]),
         lr=float(opt("lr")) if opt("lr") else None, preprocessing=opt("preprocessing"),
         precision=p["precision"], strategy=p["strategy"], split_file=opt("split_file"),
-        solver=p.get("solver", "adam"), standardize=p.get("standardize") == "True",
+        solver=p.get("solver", "adam"), standardize=p.get("standardize", "").lower() == "true",
     )
     return settings.stage, settings
 

@@ -14,7 +14,7 @@ runner = CliRunner()
 COMMANDS = [
     [], ["datasets"], ["prepare"], ["synth"], ["splits"], ["splits", "make"],
     ["splits", "import"], ["pretrain"], ["adapt"], ["extract"], ["probe"], ["finetune"],
-    ["weights"], ["weights", "list"], ["weights", "download"], ["weights", "import"], ["server"], ["summarize"],
+    ["weights"], ["weights", "list"], ["weights", "download"], ["weights", "import"], ["server"], ["summarize"], ["reproduce"],
 ]
 
 

@@ -84,6 +84,9 @@ SELECTIONS: dict[str, tuple[str, ...]] = {
 UPSTREAM_STAGES = ("pretrain", "adapt")
 # The MLproject (kubernetes backend) lives at the repository root, beside the package.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The kubernetes backend needs a docker_env project; the root MLproject keeps conda_env for
+# `mlflow run .`, so the cluster runs the twin project in kubernetes/ (same entry points).
+KUBERNETES_PROJECT = "kubernetes"
 DEFAULT_BACKEND_CONFIG = Path("kubernetes") / "backend_config.json"
 LOG_DIR = Path("rssc_outputs") / "reproduce" / "logs"  # subprocess logs (parallel > 1)
 _POLL_S = 0.5
@@ -293,8 +296,9 @@ class ReproduceReport:
         lines = [head, "-" * len(head)]
         for i, r in enumerate(self.planned, start=1):
             steps = f"{'' if r.exact else '~'}{r.image_steps:,}"
-            lines.append(f"{i:>4}  {r.stage:<8} {r.source:<20} {r.target or '-':<11} {r.seed:>5}  "
-                         f"{r.status:<7} {r.run_id[:12] or '-':<12} {steps:>14} {r.gpu_hours:>8.2f}")
+            lines.append(f"{i:>4}  {r.stage:<8} {r.source:<20} {r.target or '-':<11} "
+                         f"{r.seed:>5}  {r.status:<7} {r.run_id[:12] or '-':<12} {steps:>14} "
+                         f"{r.gpu_hours:>8.2f}")
             if r.reason and r.status in ("failed", "blocked"):
                 lines.append(f"        {r.status}: {r.reason[:300]}")
         count = collections.Counter(r.status for r in self.planned)
@@ -446,7 +450,8 @@ class _Local:
         while pending or active:
             while pending and len(active) < self.parallel:
                 run = pending.pop(0)
-                log = LOG_DIR / f"{run.stage}-{run.source}-{run.target or 'none'}-seed{run.seed}.log"
+                name = f"{run.stage}-{run.source}-{run.target or 'none'}-seed{run.seed}"
+                log = LOG_DIR / f"{name}.log"
                 with log.open("w") as fh:
                     proc = subprocess.Popen(self.argv(run), stdout=fh, stderr=subprocess.STDOUT,
                                             env=env)
@@ -495,7 +500,7 @@ class _Kubernetes:
         started = time.monotonic()
         try:
             submitted = mlflow.projects.run(
-                uri=str(PROJECT_ROOT), entry_point=run.stage, parameters=self.parameters(run),
+                uri=str(PROJECT_ROOT / KUBERNETES_PROJECT), entry_point=run.stage, parameters=self.parameters(run),
                 experiment_name=tags.experiment_name(), backend="kubernetes",
                 backend_config=str(self.backend_config), synchronous=True, env_manager="local")
             run.run_id = submitted.run_id
@@ -585,9 +590,9 @@ def _check_project_for_kubernetes() -> None:
     """MLflow's kubernetes backend builds an image from the MLproject's docker_env."""
     import yaml
 
-    project = PROJECT_ROOT / "MLproject"
+    project = PROJECT_ROOT / KUBERNETES_PROJECT / "MLproject"
     if not project.is_file():
-        raise RsscError(f"No MLproject at {PROJECT_ROOT}: the kubernetes backend runs the "
+        raise RsscError(f"No MLproject at {project}: the kubernetes backend runs the "
                         "project from a checkout of the repository.")
     spec = yaml.safe_load(project.read_text()) or {}
     if not (spec.get("docker_env") or {}).get("image"):

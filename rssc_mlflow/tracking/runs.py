@@ -142,13 +142,34 @@ def tracked_run(
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
+EFFECTIVE_PREFIX = "effective_"
+
+
 def log_params(params: Mapping[str, Any]) -> None:
-    """Log parameters in one call; values that are already logged are left alone (resume)."""
+    """Log the effective parameters in one call.
+
+    MLflow parameters cannot change. Under `mlflow run` the project's own values ("default")
+    are already logged, so an effective value that differs goes under `effective_<name>`;
+    on resume, values already logged are left alone.
+    """
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    fresh = {k: v for k, v in params.items() if k not in existing}
+    fresh = {}
+    for key, value in params.items():
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] != str(value) and EFFECTIVE_PREFIX + key not in existing:
+            fresh[EFFECTIVE_PREFIX + key] = value
     if fresh:
         mlflow.log_params(fresh)
+
+
+def effective_params(params: Mapping[str, str]) -> dict[str, str]:
+    """A run's parameters with `effective_<name>` values taking precedence."""
+    out = dict(params)
+    out.update({k[len(EFFECTIVE_PREFIX):]: v for k, v in params.items()
+                if k.startswith(EFFECTIVE_PREFIX)})
+    return out
 
 
 def log_history(run_id: str, rows: list[Mapping[str, float]]) -> None:

@@ -156,7 +156,7 @@ def test_missing_datasets_and_weights(isolated_environment: Path) -> None:
 def _kube_project(root: Path) -> Path:
     project = root / "project"
     (project / "kubernetes").mkdir(parents=True)
-    (project / "MLproject").write_text("name: rssc-mlflow\ndocker_env:\n  image: rssc:latest\n")
+    (project / "kubernetes" / "MLproject").write_text("name: rssc-mlflow\ndocker_env:\n  image: rssc:latest\n")
     return project
 
 
@@ -213,7 +213,7 @@ def test_kubernetes_backend_calls_in_order(isolated_environment: Path,
     assert [c["entry_point"] for c in calls] == ["pretrain"] * 3 + ["probe"] * 3 + ["finetune"] * 3
     assert [c["parameters"]["source"] for c in calls[:3]] == list(SUBSETS)
     for c in calls:
-        assert c["uri"] == str(project) and c["backend"] == "kubernetes"
+        assert c["uri"] == str(project / "kubernetes") and c["backend"] == "kubernetes"
         assert c["synchronous"] is True and c["env_manager"] == "local"
         assert c["parameters"]["profile"] == "smoke" and c["parameters"]["seed"] == "42"
         used = json.loads(Path(c["backend_config"]).read_text())
@@ -269,7 +269,7 @@ def test_kubernetes_needs_docker_env(isolated_environment: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _prepare(isolated_environment)
     project = _kube_project(isolated_environment)
-    (project / "MLproject").write_text("name: rssc-mlflow\nconda_env: conda.yaml\n")
+    (project / "kubernetes" / "MLproject").write_text("name: rssc-mlflow\nconda_env: conda.yaml\n")
     monkeypatch.setattr(rep, "PROJECT_ROOT", project)
     with pytest.raises(RsscError, match="docker_env"):
         rep.reproduce("smoke", only=TABLES34, backend="kubernetes", progress=lambda m: None)
@@ -358,8 +358,7 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
 
     finished = _finished(client)
     cells = [_cell(r) for r in finished]
-    planned = [tuple(p[k] if k != "seed" else str(p[k]) for k in ("stage", "source", "target", "seed"))
-               for p in report["planned"]]
+    planned = [(p["stage"], p["source"], p["target"], str(p["seed"])) for p in report["planned"]]
     assert len(planned) == 9 and sorted(cells) == sorted(planned)  # one FINISHED run each
     for run_id, cell in before.items():  # nothing finished before the kill was redone
         assert [r.info.run_id for r in finished if _cell(r) == cell] == [run_id]
