@@ -191,3 +191,60 @@ def test_nan_loss_marks_the_run_failed_with_the_epoch(world, store):
     assert len(failed) == 1
     assert "NanLossError" in failed[0].data.tags[runs.TAG_ERROR]
     _no_running_runs(store)
+
+
+def test_weights_import_registers_a_checked_file(pretrained, store, tmp_path):
+    model_path, _, _ = registry.download("resisc45", tmp_path, profile="smoke")
+    name, version = registry.import_model(model_path, source_key="ucm", init="imagenet",
+                                          profile="smoke", preprocessing=None)
+    assert name == "rssc-resnet50-imagenet-ucm"
+    mv = store.get_model_version_by_alias(name, "smoke")
+    assert str(mv.version) == version
+    assert mv.tags[registry.MV_PREPROCESSING] == "imagenet-rgb"  # ImageNet lineage default
+    assert mv.tags[registry.MV_LINEAGE] == "imagenet"
+    small = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    small.save(tmp_path / "small.keras")
+    with pytest.raises(RsscError):
+        registry.import_model(tmp_path / "small.keras", source_key="ucm", init="scratch",
+                              profile="smoke", preprocessing=None)
+    _no_running_runs(store)
+
+
+def test_resume_continues_the_same_run_without_duplicate_epochs(world, store, monkeypatch):
+    """A crash after epoch 1's checkpoint; --resume finishes epochs 2-3 in the same run."""
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def crash_after_first_checkpoint(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated pre-emption")
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_first_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            commands.finetune("scratch", "ucm", epochs=3, log_model=False, **SMOKE)
+    interrupted = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                     filter_string="attributes.status = 'FAILED' and "
+                                                   "tags.`rssc.source` = 'scratch'")
+    assert len(interrupted) == 1
+    run_id = interrupted[0].info.run_id
+    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1]
+
+    result = commands.finetune("scratch", "ucm", resume=run_id)
+    assert result.run_id == run_id
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert [m.step for m in store.get_metric_history(run_id, "lr")] == [1, 2, 3]
+    assert "test_accuracy" in run.data.metrics
+    _no_running_runs(store)
+
+
+def test_server_command_binds_loopback_and_can_require_auth():
+    from rssc_mlflow.tracking.server import server_command
+
+    cmd = server_command(host="127.0.0.1", port=5005, backend_store_uri="sqlite:///x.db",
+                         artifacts_destination="./a", auth=True)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert "--serve-artifacts" in cmd and cmd[cmd.index("--app-name") + 1] == "basic-auth"
