@@ -102,3 +102,12 @@ def tree_factory(tmp_path: Path) -> Callable[..., Path]:
         return make_folder_tree(tmp_path / f"tree{next(counter)}", key, **kwargs)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(isolated_environment: Path, request: pytest.FixtureRequest,
+                         monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The suite-wide isolation, except that module-shared data stays visible to its tests."""
+    if "module_data_env" in request.fixturenames:
+        monkeypatch.setenv("RSSC_DATA_DIR", str(request.getfixturevalue("module_data_env")))
+    return isolated_environment
