@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/rssc demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 server: $(STAMP)
 	$(BIN)/rssc server
