@@ -188,8 +188,7 @@ def test_nan_loss_marks_the_run_failed_with_the_epoch(world, store):
         commands.finetune("scratch", "ucm", lr=1e12, log_model=False, **SMOKE)
     failed = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                 filter_string="attributes.status = 'FAILED'")
-    assert len(failed) == 1
-    assert "NanLossError" in failed[0].data.tags[runs.TAG_ERROR]
+    assert [r.data.tags[runs.TAG_ERROR].split(":")[0] for r in failed] == ["NanLossError"]
     _no_running_runs(store)
 
 
@@ -224,9 +223,9 @@ def test_resume_continues_the_same_run_without_duplicate_epochs(world, store, mo
         m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_first_checkpoint)
         with pytest.raises(KeyboardInterrupt):
             commands.finetune("scratch", "ucm", epochs=3, log_model=False, **SMOKE)
-    interrupted = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                     filter_string="attributes.status = 'FAILED' and "
-                                                   "tags.`rssc.source` = 'scratch'")
+    interrupted = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                                 filter_string="attributes.status = 'FAILED'")
+                   if "simulated pre-emption" in r.data.tags.get(runs.TAG_ERROR, "")]
     assert len(interrupted) == 1
     run_id = interrupted[0].info.run_id
     assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1]
@@ -248,3 +247,42 @@ def test_server_command_binds_loopback_and_can_require_auth():
                          artifacts_destination="./a", auth=True)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert "--serve-artifacts" in cmd and cmd[cmd.index("--app-name") + 1] == "basic-auth"
+
+
+def test_every_kind_of_model_reference_resolves(pretrained, store, tmp_path):
+    """models:/ URIs and local files work as sources; preprocessing follows the lineage."""
+    by_uri = commands.probe("models:/rssc-resnet50-resisc45/1", "ucm", solver="lbfgs", **SMOKE)
+    run = store.get_run(by_uri.run_id)
+    assert run.data.tags[runs.TAG_LINEAGE_URI] == "models:/rssc-resnet50-resisc45/1"
+    assert run.data.tags[runs.TAG_LINEAGE_RUN] == pretrained.run_id
+    model_path, _, _ = registry.download("resisc45", tmp_path, profile="smoke")
+    by_file = commands.probe(str(model_path), "ucm", solver="lbfgs", precision="mixed", **SMOKE)
+    file_run = store.get_run(by_file.run_id)
+    assert file_run.data.tags[runs.TAG_LINEAGE_URI] == str(model_path.resolve())
+    assert file_run.data.tags[runs.TAG_PREPROCESSING] == "unit"
+    # Same weights, split and preprocessing: the file reference gives the same features, so
+    # the same lbfgs accuracy (mixed precision changes the features only slightly).
+    assert file_run.data.metrics["test_accuracy"] == pytest.approx(
+        run.data.metrics["test_accuracy"], abs=0.1)
+
+
+def test_adapt_from_imagenet_weights_records_imagenet_preprocessing(world, store, monkeypatch,
+                                                                    tmp_path):
+    """`adapt` starts from the Keras notop file; its lineage travels to later transfers."""
+    stand_in = models.build_classifier(10, "single", crop=32)
+    weights = models.save_notop_weights(stand_in, tmp_path / "imagenet_notop.h5")
+    monkeypatch.setenv("RSSC_IMAGENET_WEIGHTS", str(weights))
+    adapted = commands.adapt("ucm", preprocessing="imagenet-caffe", **SMOKE)
+    mv = store.get_model_version_by_alias("rssc-resnet50-imagenet-ucm", "smoke")
+    assert mv.run_id == adapted.run_id
+    assert mv.tags[registry.MV_PREPROCESSING] == "imagenet-caffe"
+    assert mv.tags[registry.MV_LINEAGE] == "imagenet"
+    adapt_run = store.get_run(adapted.run_id)
+    assert adapt_run.data.tags[runs.TAG_LINEAGE_NAME] == "imagenet"
+    assert store.get_metric_history(adapted.run_id, "lr")[0].value == pytest.approx(3e-4, rel=1e-5)
+    probe = commands.probe("imagenet+ucm", "aid", solver="lbfgs", **SMOKE)
+    probe_run = store.get_run(probe.run_id)
+    assert probe_run.data.tags[runs.TAG_PREPROCESSING] == "imagenet-caffe"  # read back
+    assert probe_run.data.tags[runs.TAG_LINEAGE_NAME] == "rssc-resnet50-imagenet-ucm"
+    plain = commands.probe("imagenet", "aid", solver="lbfgs", **SMOKE)
+    assert store.get_run(plain.run_id).data.tags[runs.TAG_PREPROCESSING] == "imagenet-rgb"
