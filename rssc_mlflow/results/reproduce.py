@@ -15,32 +15,7 @@ target, seed and protocol fingerprint tags (`commands.fingerprint_for`). RUNNING
 left by a crash are not done: they are run again, as new runs. The store is read once per level,
 and the fingerprints of transfers are computed after level 0 has (re)registered their upstream.
 
-CLI (the lead wires it into `rssc`; typer-ready parameters):
-
-    @app.command()
-    @friendly
-    def reproduce_command(
-        profile: Profile = protocol.DEFAULT_PROFILE,
-        only: Annotated[str, typer.Option(help="Comma-separated: table2,table3,table4,fig1,fig2,fig3 (default: all).")] = "",
-        seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every run once per seed.")] = "42",
-        plan: Annotated[bool, typer.Option("--plan", help="Only print the runs, their status and GPU-hours.")] = False,
-        backend: Annotated[str, typer.Option(help="local or kubernetes.")] = "local",
-        backend_config: Annotated[Optional[Path], typer.Option(help="Kubernetes backend config JSON (default: kubernetes/backend_config.json).")] = None,
-        parallel: Annotated[int, typer.Option(help="Independent runs at once (local: subprocesses).")] = 1,
-        throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
-        log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
-    ) -> None:
-        from rssc_mlflow.results.reproduce import reproduce, split_list
-        report = reproduce(profile, only=split_list(only) or None,
-                           seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
-                           backend=backend, backend_config=backend_config, parallel=parallel,
-                           throughput=throughput, log_model_finetune=log_model_finetune,
-                           progress=lambda m: typer.echo(m, err=True))
-        typer.echo(report.table())
-        if not report.ok:
-            raise typer.Exit(1)
-
-`python -m rssc_mlflow.results.reproduce --help` offers the same without the CLI.
+The CLI is `rssc reproduce` (rssc_mlflow/cli.py); `python -m rssc_mlflow.results.reproduce --help` offers the same without the CLI.
 """
 
 from __future__ import annotations
