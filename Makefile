@@ -14,8 +14,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A small end-to-end run on synthetic data and the embedded SQLite store (./mlflow.db):
+# synth -> prepare -> pretrain -> registry -> finetune and probe -> summarize.
+DEMO := demo_out
 demo: $(STAMP)
-	$(BIN)/rssc demo
+	@echo "[demo] SYNTHETIC DATA: every number below is from synthetic stand-in images."
+	$(BIN)/rssc synth --out $(DEMO)/synth --images-per-class 6 --image-size 64 --datasets resisc45,ucm
+	RSSC_DATA_DIR=$(DEMO)/data $(BIN)/rssc prepare resisc45 --manual-dir $(DEMO)/synth/resisc45
+	RSSC_DATA_DIR=$(DEMO)/data $(BIN)/rssc prepare ucm --manual-dir $(DEMO)/synth/ucm
+	RSSC_DATA_DIR=$(DEMO)/data $(BIN)/rssc pretrain --source resisc45 --profile demo
+	RSSC_DATA_DIR=$(DEMO)/data $(BIN)/rssc finetune --source resisc45 --target ucm --profile demo --no-log-model
+	RSSC_DATA_DIR=$(DEMO)/data $(BIN)/rssc probe --source resisc45 --target ucm --profile demo --solver lbfgs
+	RSSC_DATA_DIR=$(DEMO)/data $(BIN)/rssc summarize --out $(DEMO)/summary
+	@echo "[demo] browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
