@@ -30,7 +30,7 @@ from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_sett
 from rssc_mlflow.tracking import registry, runs
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
-from rssc_mlflow.training import transfer
+from rssc_mlflow.training import model_pool, transfer
 from rssc_mlflow.training.schedule import peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
@@ -233,20 +233,21 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         policy = models.set_precision(settings.precision)
         mlflow.set_tag("rssc.dtype_policy", policy)
         strategy = models.make_strategy(settings.strategy)
+        model_pool.set_random_seed(settings.seed)  # the same run whatever ran before it
         train_ds, test_ds = _datasets(data, settings, preprocessing, augment_train=True)
         steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
         runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
                       f"{len(data.split.train)} training images, {len(data.split.test)} "
                       f"evaluation images, {settings.epochs} epochs, run {run_id}")
-        with strategy.scope():
-            model = models.build_classifier(spec.num_classes, spec.task, crop=settings.image_size)
-            source.backbone_into(model)
-            schedule = fit_lib.compile_for_training(
-                model, task=spec.task, peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
-                epochs=settings.epochs, warmup_epochs=prof_warmup,
-                run_eagerly=profile.run_eagerly)
-        fit_lib.fit(model, train_ds, test_ds, epochs=settings.epochs, schedule=schedule,
-                    checkpoint_dir=checkpoint_dir,
+        with strategy.scope():  # a fresh model, or a pooled one reset to the same weights
+            model = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
+                                       source=source, seed=settings.seed,
+                                       run_eagerly=profile.run_eagerly)
+        schedule = fit_lib.make_schedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
+                                         epochs=settings.epochs, warmup_epochs=prof_warmup)
+        fit_lib.fit(model, train_ds, test_ds if profile.validate_every_epoch else None,
+                    epochs=settings.epochs, schedule=schedule,
+                    checkpoint_dir=checkpoint_dir if profile.checkpoint_every_epoch else None,
                     log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
                     already_logged=_already_logged_epochs(run_id) if resume else None)
         probs, y_true = fit_lib.predict_with_labels(model, test_ds)
@@ -264,8 +265,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                     signature=signature)
                 runs.announce(f"registered {name} version {version} as @{settings.profile}")
             else:
-                mlflow.keras.log_model(model, name="model", signature=signature,
-                                       pip_requirements=registry.PIP_REQUIREMENTS)
+                registry.log_model(model, signature=signature)
         runs.announce(f"done: {_format_metrics(final)}")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is FINISHED: no resume needed
     return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
@@ -368,9 +368,8 @@ def _features(settings: RunSettings, data: _Data, source: registry.ResolvedSourc
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     models.set_precision(settings.precision)
-    model = models.build_classifier(data.spec.num_classes, data.spec.task, crop=settings.image_size)
-    source.backbone_into(model)
-    backbone = models.backbone_of(model)
+    backbone = model_pool.feature_extractor(crop=settings.image_size, source=source,
+                                            num_classes=data.spec.num_classes, task=data.spec.task)
     train_ds, test_ds = _datasets(data, settings, preprocessing, augment_train=False)
     runs.announce(f"extracting features of {len(data.split.train) + len(data.split.test)} images")
     train_x, train_y = transfer.extract_features(backbone, train_ds)

@@ -1,10 +1,10 @@
 """Prepare datasets from a manual download, and read prepared ones.
 
 `prepare(key, manual_dir)` validates the unpacked download, builds it with the key's TFDS
-builder into a staging folder, writes our manifest, records and metadata, writes the
-`RSSC_COMPLETE` marker LAST, then swaps the staging version into place with renames. So an
-interrupted prepare leaves nothing `load_prepared` accepts, and a failed `--force` leaves the
-previous version untouched.
+builder into a staging folder, writes our manifest, records, metadata and the digests of
+every prepared file (for `rssc verify`), writes the `RSSC_COMPLETE` marker LAST, then swaps
+the staging version into place with renames. So an interrupted prepare leaves nothing
+`load_prepared` accepts, and a failed `--force` leaves the previous version untouched.
 
 All MLRSNet keys read one stored dataset (`<tfds_dir>/rssc_mlrsnet/1.0.0`); mlrsnet_ucm_same,
 mlrsnet_ucm_other and mlrsnet_half are views of it (category filter; half = floor(n/2) per
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 METADATA_FILE = "rssc_metadata.json"
 RECORDS_FILE = "rssc_records.json"
 COMPLETE_FILE = "RSSC_COMPLETE"
+# sha256 of every prepared file (TFDS shards included) for `rssc verify`; the manifest only
+# covers the source files. Datasets prepared before it existed lack it.
+FILES_FILE = "rssc_files.json"
 _STAGING = ".staging"
 _IGNORED_KEPT = 100  # ignored files listed in the metadata (the count is always complete)
 
@@ -278,6 +281,14 @@ def _report(spec: DatasetSpec, ds: PreparedDataset, *, already: bool,
     )
 
 
+def prepared_files_manifest(folder: Path) -> Manifest:
+    """Size and sha256 of every file in a prepared folder but FILES_FILE and the marker
+    (whose content, the manifest digest, `verify` checks against the metadata instead)."""
+    rels = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return Manifest.of(hash_files(folder, [r for r in rels
+                                           if r not in (FILES_FILE, COMPLETE_FILE)]))
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=None))
@@ -380,6 +391,8 @@ def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
             "manifest_files": len(manifest.files),
         }
         _write_json(built / METADATA_FILE, metadata)
+        say(f"{spec.key}: recording digests of the prepared files")
+        _write_json(built / FILES_FILE, prepared_files_manifest(built).to_json())
         # Last: only a folder with this marker counts as prepared.
         (built / COMPLETE_FILE).write_text(manifest.digest + "\n")
         _swap(built, final)

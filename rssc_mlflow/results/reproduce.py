@@ -385,6 +385,7 @@ class _Local:
 
     def _in_process(self, run: PlannedRun, say: Callable[[PlannedRun, str], None]) -> None:
         from rssc_mlflow import commands
+        from rssc_mlflow.training import model_pool
 
         say(run, "...")
         started = time.monotonic()
@@ -405,7 +406,8 @@ class _Local:
             run.status, run.run_id, run.metrics = "ran", result.run_id, dict(result.metrics)
             run.seconds = time.monotonic() - started
         finally:
-            _release_memory()
+            if not model_pool.is_enabled():  # pooled models are meant to stay
+                _release_memory()
         say(run, _outcome(run))
 
     def argv(self, run: PlannedRun) -> list[str]:
@@ -450,6 +452,128 @@ class _Local:
                     _failed(run, f"exit status {proc.returncode} (log {log}): {tail}",
                             time.monotonic() - started)
                 say(run, _outcome(run))
+
+
+class _Workers:
+    """`parallel` long-lived worker processes, each running `commands.*` in-process with
+    `model_pool` on, so a worker traces each ResNet-50 variant once for all its runs.
+
+    For many short runs (the demo on a CPU, where tracing a new ResNet-50 costs more than a run
+    trains); on a GPU server one process per run (`_Local`) isolates runs better. Runs that
+    train on the same dataset go to the same worker (same number of classes: same traced
+    model); probes, which share one feature extractor, fill up the lighter worker. A run that
+    raises fails alone; a worker that dies (out of memory) fails the runs it still held.
+    """
+
+    def __init__(self, profile: str, parallel: int, log_model_finetune: bool) -> None:
+        self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
+        self._executors: list[concurrent.futures.ProcessPoolExecutor] = []
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")  # never fork a process holding TensorFlow
+        self._executors = [
+            concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=context, initializer=_worker_start,
+                initargs=(str((LOG_DIR / f"worker-{i + 1}.log").resolve()),
+                          mlflow.get_tracking_uri()))
+            for i in range(self.parallel)]
+
+    def close(self) -> None:
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._executors = []
+
+    def assign(self, wave: list[PlannedRun]) -> list[list[PlannedRun]]:
+        """Split a wave over the workers: training runs grouped by dataset, largest group to the
+        least loaded worker; then probes to whichever worker has the fewest runs."""
+        queues: list[list[PlannedRun]] = [[] for _ in range(self.parallel)]
+        groups: dict[str, list[PlannedRun]] = {}
+        probes = []
+        for run in wave:
+            if run.stage == "probe":
+                probes.append(run)
+            else:
+                groups.setdefault(run.target or run.source, []).append(run)
+        for group in sorted(groups.values(), key=len, reverse=True):
+            min(queues, key=len).extend(group)
+        for run in probes:
+            min(queues, key=len).append(run)
+        return queues
+
+    def run_wave(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
+        if not self._executors:
+            self._start()
+        futures: dict[concurrent.futures.Future, tuple[PlannedRun, int]] = {}
+        for number, (executor, queue) in enumerate(zip(self._executors, self.assign(wave)), 1):
+            for run in queue:
+                job = (run.stage, run.source, run.target, self.profile, run.seed,
+                       self.log_model_finetune)
+                futures[executor.submit(_worker_run, *job)] = (run, number)
+        broken = False
+        for future in concurrent.futures.as_completed(futures):
+            run, number = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: the worker died
+                broken = True
+                outcome = {"status": "failed", "seconds": 0.0,
+                           "reason": f"worker {number} died ({type(exc).__name__}: {exc}); see "
+                                     f"{LOG_DIR / f'worker-{number}.log'}"}
+            if outcome["status"] == "ran":
+                run.status, run.run_id = "ran", outcome["run_id"]
+                run.metrics, run.seconds = outcome["metrics"], outcome["seconds"]
+            else:
+                _failed(run, outcome["reason"], outcome["seconds"])
+            say(run, _outcome(run) + f" [worker {number}]")
+        if broken:  # start fresh workers for the next wave
+            self.close()
+
+
+def _worker_start(log_path: str, tracking_uri: str) -> None:
+    """In each worker: output to its log file, the parent's store, the model pool on."""
+    import logging
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)  # TensorFlow's C++ messages too, not only Python's
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the worker
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from rssc_mlflow.training import model_pool
+
+    model_pool.enable_for_process()
+
+
+def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
+                log_model_finetune: bool) -> dict[str, Any]:
+    from rssc_mlflow import commands
+
+    started = time.monotonic()
+    print(f"--- {stage} {source} {target} seed {seed}", flush=True)
+    params: dict[str, Any] = {"profile": profile, "seed": seed}
+    try:
+        if stage == "pretrain":
+            result = commands.pretrain(source, **params)
+        elif stage == "adapt":
+            result = commands.adapt(source, **params)
+        elif stage == "finetune":
+            result = commands.finetune(source, target, log_model=log_model_finetune, **params)
+        else:
+            result = commands.probe(source, target, **params)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
+        import traceback
+
+        traceback.print_exc()
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                "seconds": time.monotonic() - started}
+    return {"status": "ran", "run_id": result.run_id, "metrics": dict(result.metrics),
+            "seconds": time.monotonic() - started}
 
 
 class _Kubernetes:
@@ -599,9 +723,13 @@ def reproduce(
     parallel: int = 1,
     throughput: float = 2500.0,
     log_model_finetune: bool = True,
+    reuse_models: bool = False,
     progress: Progress = print,
 ) -> ReproduceReport:
     """Plan the runs of the selected tables/figures and run those not yet done (see module doc).
+
+    `reuse_models` (local backend): runs go to `parallel` long-lived worker processes that
+    reuse compiled models (`_Workers`) instead of one process per run.
 
     Raises RsscError before any run when a dataset is not prepared, the ImageNet weights are
     missing while a run needs them, or the kubernetes backend is not configured (with
@@ -615,7 +743,7 @@ def reproduce(
     report = ReproduceReport(profile, backend, list(dict.fromkeys(int(s) for s in seeds)),
                              throughput, plan_only, planned)
     problems = _missing_prerequisites(planned)
-    runner: _Local | _Kubernetes
+    runner: _Local | _Workers | _Kubernetes | None = None
     if plan_only:
         report.warnings += problems
     else:
@@ -629,6 +757,8 @@ def reproduce(
                 progress(f"warning: the tracking store {mlflow.get_tracking_uri()} is not a "
                          "server; the cluster's jobs cannot write to it (set MLFLOW_TRACKING_URI "
                          "to the team server).")
+        elif reuse_models and parallel > 1:
+            runner = _Workers(profile, parallel, log_model_finetune)
         else:
             runner = _Local(profile, parallel, log_model_finetune)
         tags.check_tracking_reachable()
@@ -640,33 +770,37 @@ def reproduce(
     def say(run: PlannedRun, text: str) -> None:
         progress(f"[{position[id(run)]}/{total}] {run.label} {text}")
 
-    for wave in _waves(planned):
-        index = finished_runs()  # refreshed per wave: the previous one registered upstreams
-        todo: list[PlannedRun] = []
-        for run in wave:
-            bad = [by_key[k] for k in run.depends_on if by_key[k].status in ("failed", "blocked")]
-            if bad and not plan_only:
-                run.status = "blocked"
-                run.reason = "upstream " + ", ".join(b.label for b in bad) + " did not finish"
-                say(run, f"skipped: {run.reason}")
-                continue
-            try:
-                done = _find_done(run, index, profile)
-            except RsscError as exc:  # plan only: upstream not registered yet, dataset missing
-                if not plan_only:
-                    _failed(run, f"{type(exc).__name__}: {exc}", 0.0)
-                    say(run, _outcome(run))
+    try:
+        for wave in _waves(planned):
+            index = finished_runs()  # refreshed per wave: the previous one registered upstreams
+            todo: list[PlannedRun] = []
+            for run in wave:
+                bad = [by_key[k] for k in run.depends_on if by_key[k].status in ("failed", "blocked")]
+                if bad and not plan_only:
+                    run.status = "blocked"
+                    run.reason = "upstream " + ", ".join(b.label for b in bad) + " did not finish"
+                    say(run, f"skipped: {run.reason}")
                     continue
-                run.reason, done = str(exc), None
-            if done:
-                run.status, run.run_id, run.reason = "done", done, "already done"
-                say(run, f"already done: run {done}")
-            elif plan_only:
-                say(run, f"todo: {run.image_steps:,} image-steps, {run.gpu_hours:.2f} GPU-hours")
-            else:
-                todo.append(run)
-        if todo and not plan_only:
-            runner.run_wave(todo, say)
+                try:
+                    done = _find_done(run, index, profile)
+                except RsscError as exc:  # plan only: upstream not registered yet, dataset missing
+                    if not plan_only:
+                        _failed(run, f"{type(exc).__name__}: {exc}", 0.0)
+                        say(run, _outcome(run))
+                        continue
+                    run.reason, done = str(exc), None
+                if done:
+                    run.status, run.run_id, run.reason = "done", done, "already done"
+                    say(run, f"already done: run {done}")
+                elif plan_only:
+                    say(run, f"todo: {run.image_steps:,} image-steps, {run.gpu_hours:.2f} GPU-hours")
+                else:
+                    todo.append(run)
+            if todo and not plan_only:
+                runner.run_wave(todo, say)
+    finally:
+        if isinstance(runner, _Workers):
+            runner.close()
     progress(f"{len(report.ran)} ran, {len(report.skipped)} skipped, {len(report.failed)} failed, "
              f"{len(report.todo)} to do; {report.todo_gpu_hours:.2f} of "
              f"{report.total_gpu_hours:.2f} GPU-hours still to run")
@@ -685,6 +819,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--throughput", type=float, default=2500.0)
     parser.add_argument("--no-log-model-finetune", action="store_true")
+    parser.add_argument("--reuse-models", action="store_true",
+                        help="with --parallel N: N worker processes that reuse compiled models")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     try:
@@ -693,7 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=[int(s) for s in split_list(args.seeds)], plan_only=args.plan,
             backend=args.backend, backend_config=args.backend_config, parallel=args.parallel,
             throughput=args.throughput, log_model_finetune=not args.no_log_model_finetune,
-            progress=lambda m: print(m, file=sys.stderr, flush=True))
+            reuse_models=args.reuse_models, progress=lambda m: print(m, file=sys.stderr, flush=True))
     except RsscError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

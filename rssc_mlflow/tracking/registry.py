@@ -14,8 +14,10 @@ back here, so it travels with the model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from rssc_mlflow import models
+from rssc_mlflow import config, models
 from rssc_mlflow.data.catalog import CATALOG
 from rssc_mlflow.errors import ModelError
 
@@ -36,6 +38,8 @@ MV_FINGERPRINT = "fingerprint"
 MV_SOURCE = "source"
 MV_SYNTHETIC = "synthetic"
 MV_CROP = "crop"
+
+_DOWNLOAD_COMPLETE = "RSSC_DOWNLOADED"  # written last into a cached model download
 
 # Requirements written next to each logged model; inferring them costs ~13 s per model.
 PIP_REQUIREMENTS = [f"keras=={__import__('keras').__version__}",
@@ -105,11 +109,36 @@ def _model_file_in(artifact_dir: Path) -> Path:
 
 
 def _download(uri: str) -> Path:
-    dest = Path(tempfile.mkdtemp(prefix="rssc-model-"))
+    """The model file of `uri`, downloaded once into `<cache dir>/models/` and reused.
+
+    A registered version (models:/name/N) or a logged model id never changes within one
+    tracking store, so the cache is keyed by (tracking URI, model URI): a grid of transfer runs
+    downloads each source model once, and nothing piles up in the system temp folder. The
+    download goes to a temporary sibling first and is renamed into place whole, so a crash or
+    a concurrent worker never leaves a half-written model that looks complete.
+    """
+    key = hashlib.sha256(f"{mlflow.get_tracking_uri()}|{uri}".encode()).hexdigest()[:24]
+    root = config.cache_dir() / "models"
+    final = root / key
+    if (final / _DOWNLOAD_COMPLETE).is_file():
+        return _model_file_in(final)
+    root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        return _model_file_in(Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest))))
+        mlflow.artifacts.download_artifacts(uri, dst_path=str(partial))
+        _model_file_in(partial)  # refuse artifacts without a model file before caching them
+        (partial / _DOWNLOAD_COMPLETE).write_text(uri + "\n")
+        try:
+            partial.rename(final)
+        except OSError:  # another process cached it first (or a stale incomplete folder)
+            if not (final / _DOWNLOAD_COMPLETE).is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                partial.rename(final)
     except MlflowException as exc:
         raise ModelError(f"Could not download model {uri}: {exc.message}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return _model_file_in(final)
 
 
 def find_version(name: str, profile: str, *, creating: str = "") -> tuple[object, str]:
@@ -191,12 +220,29 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
     )
 
 
+def log_model(model, *, signature, registered_model_name: str | None = None):
+    """Log `model` as the run's `model` artifact, without its optimizer state.
+
+    Keras saves a compiled model with Adam's two moment slots per weight: three times the
+    weights (~270 MB instead of ~95 MB for ResNet-50). Transfer runs only read the weights, so
+    an uncompiled copy with the same architecture and weights is logged.
+    """
+    import keras
+
+    logged = model
+    if getattr(model, "optimizer", None) is not None:
+        logged = keras.models.clone_model(model)
+        logged.set_weights(model.get_weights())
+    return mlflow.keras.log_model(logged, name="model", signature=signature,
+                                  registered_model_name=registered_model_name,
+                                  pip_requirements=PIP_REQUIREMENTS)
+
+
 def register(model, *, source_key: str, init: str, profile: str, preprocessing: str,
              fingerprint: str, synthetic: bool, crop: int, signature) -> tuple[str, str]:
     """Log `model` to the active run, register it and give it the profile as alias."""
     name = registered_name(source_key, init)
-    info = mlflow.keras.log_model(model, name="model", registered_model_name=name,
-                                  signature=signature, pip_requirements=PIP_REQUIREMENTS)
+    info = log_model(model, signature=signature, registered_model_name=name)
     version = str(info.registered_model_version)
     client = _client()
     tags = {MV_PREPROCESSING: preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,

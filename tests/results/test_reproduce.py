@@ -351,7 +351,9 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     before = {r.info.run_id: _cell(r) for r in _finished(client)}
     assert len(before) >= 2
 
-    second = subprocess.run([*argv, "--json", str(root / "second.json")], env=env, cwd=root,
+    # The re-run goes through two pooled worker processes (what `rssc demo` uses).
+    second = subprocess.run([*argv, "--parallel", "2", "--reuse-models",
+                             "--json", str(root / "second.json")], env=env, cwd=root,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     report = json.loads((root / "second.json").read_text())

@@ -1,0 +1,107 @@
+"""`rssc demo` wiring, with the expensive parts (stand-in training, the grid) replaced.
+
+The real demo trains ~150 ResNet-50 runs (minutes); here `reproduce` and the stand-in are
+fakes that record what they were given, so the test checks the pieces are connected: the
+environment each phase sees, the pool, the no-op re-run of the data phases and the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from rssc_mlflow import demo, models
+from rssc_mlflow.data import synth
+from rssc_mlflow.data.catalog import CATALOG
+
+
+@dataclasses.dataclass
+class FakeReport:
+    ok: bool = True
+    failed: list = dataclasses.field(default_factory=list)
+
+
+def test_synthesize_writes_each_tree_once(tmp_path) -> None:
+    manual, rewritten = demo._synthesize(tmp_path, 3, 37, lambda m: None)
+    assert set(manual) == set(CATALOG)
+    assert rewritten == set(synth.TREES)
+    assert manual["mlrsnet_half"] == tmp_path / "mlrsnet"
+    assert synth.is_synthetic_tree(tmp_path / "ucm")
+    again, rewritten = demo._synthesize(tmp_path, 3, 37, lambda m: None)
+    assert again == manual and rewritten == set()  # a re-run writes nothing
+    _, rewritten = demo._synthesize(tmp_path, 4, 37, lambda m: None)
+    assert "ucm" in rewritten and "mlrsnet" not in rewritten  # MLRSNet keeps its 6 per class
+
+
+def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the demo's default store
+    monkeypatch.delenv("RSSC_DATA_DIR", raising=False)
+    calls: dict[str, object] = {}
+
+    def fake_standin(folder: Path, say) -> Path:
+        from rssc_mlflow.training import model_pool
+
+        calls["standin_pool"] = model_pool.is_enabled()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / models.IMAGENET_WEIGHTS_FILE
+        path.write_bytes(b"stand-in")
+        return path
+
+    def fake_reproduce(profile, **kwargs):
+        from rssc_mlflow.training import model_pool
+
+        calls["reproduce"] = (profile, kwargs.get("log_model_finetune"),
+                              kwargs.get("reuse_models"), kwargs.get("parallel"))
+        calls["pool"] = model_pool.is_enabled()
+        calls["env"] = {k: os.environ.get(k) for k in
+                        ("RSSC_DATA_DIR", "MLFLOW_TRACKING_URI", models.IMAGENET_WEIGHTS_ENV)}
+        return FakeReport()
+
+    from rssc_mlflow.results import reproduce as reproduce_module
+
+    monkeypatch.setattr(demo, "_imagenet_standin", fake_standin)
+    monkeypatch.setattr(reproduce_module, "reproduce", fake_reproduce)
+    lines: list[str] = []
+    out = tmp_path / "demo_out"
+    result = demo.run_demo(out, images_per_class=3, image_size=37, progress=lines.append,
+                           workers=2)
+
+    assert result.ok
+    assert calls["reproduce"] == ("demo", False, True, 2)  # pooled worker processes
+    assert calls["pool"] and calls["standin_pool"]
+    assert calls["env"] == {"RSSC_DATA_DIR": str(out.resolve() / "data"),
+                            "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+                            models.IMAGENET_WEIGHTS_ENV: str(result.imagenet_weights)}
+    # Restored afterwards.
+    from rssc_mlflow.training import model_pool
+
+    assert not model_pool.is_enabled()
+    assert models.IMAGENET_WEIGHTS_ENV not in os.environ
+    assert "RSSC_DATA_DIR" not in os.environ
+    # Every key prepared from synthetic trees, in the demo's data dir.
+    for key in CATALOG:
+        assert (out / "data").is_dir()
+    monkeypatch.setenv("RSSC_DATA_DIR", str(out / "data"))
+    from rssc_mlflow.data.prepare import load_prepared
+
+    assert all(load_prepared(key).synthetic for key in CATALOG)
+    # What the user sees: banner first and last, figures, the page and the UI command.
+    assert lines[0] == demo.BANNER and lines[-1] == demo.BANNER
+    assert result.html is not None and result.html.is_file()
+    assert result.figures and all(p.suffix == ".png" and p.is_file() for p in result.figures)
+    text = "\n".join(lines)
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in text
+    assert str(result.html) in text and "Time per phase" in text
+    assert (Path.cwd() / "mlflow.db").is_file()  # MLflow's default store in the current dir
+
+
+def test_run_demo_refuses_too_few_images(tmp_path) -> None:
+    from rssc_mlflow.errors import RsscError
+
+    with pytest.raises(RsscError, match="at least 3"):
+        demo.run_demo(tmp_path, images_per_class=2)
+    with pytest.raises(RsscError, match="at least 37"):
+        demo.run_demo(tmp_path, image_size=32)
