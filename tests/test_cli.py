@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import pytest
 from typer.testing import CliRunner
 
@@ -68,6 +69,10 @@ def test_training_parameters_are_validated_before_anything_runs(data_dir):
     assert "divisible by 32" in result.stderr
     result = runner.invoke(app, ["pretrain", "--source", "ucm", "--epochs", "0"])
     assert result.exit_code == 1 and "epochs=0" in result.stderr
+    result = runner.invoke(app, ["pretrain", "--source", "ucm", "--batch-size", "-1"])
+    assert result.exit_code == 1
+    assert "Invalid parameter batch_size=-1: it must be a positive integer" in result.stderr
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
     result = runner.invoke(app, ["probe", "--source", "resisc45", "--target", "ucm",
                                  "--preprocessing", "bgr"])
     assert result.exit_code == 1 and "Unknown preprocessing mode 'bgr'" in result.stderr

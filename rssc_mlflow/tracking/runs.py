@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,7 @@ import mlflow
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
 
 from rssc_mlflow import __version__
 from rssc_mlflow.errors import RsscError
@@ -92,6 +94,18 @@ def check_tracking_reachable(timeout_s: float = 10.0) -> None:
             "it (`rssc server`), fix MLFLOW_TRACKING_URI, or unset it to use the local SQLite "
             "store. Nothing was trained."
         ) from None
+    # /health needs no login; one cheap call that does, so a missing password fails here too.
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        if status in (401, 403) or re.search(r"\b40[13]\b", str(exc)):
+            raise RsscError(
+                f"The MLflow tracking server at {uri} refused the request (not authenticated "
+                "or not allowed). Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the environment. Nothing was trained."
+            ) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -120,10 +134,14 @@ def tracked_run(
             ) from None
         run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
     else:
+        experiment_id = None
         if not os.environ.get("MLFLOW_RUN_ID"):
-            mlflow.set_experiment(experiment_name())
+            # The id is passed on explicitly: when two processes create the experiment at
+            # once, the loser's `set_experiment` returns it without making it active, and its
+            # run would land in "Default" (seen with 4 runs on one server).
+            experiment_id = mlflow.set_experiment(experiment_name()).experiment_id
         run = mlflow.start_run(run_name=run_name(stage, source, target),
-                               log_system_metrics=True)
+                               experiment_id=experiment_id, log_system_metrics=True)
         mlflow.set_tags({
             "mlflow.runName": run_name(stage, source, target),
             TAG_STAGE: stage, TAG_SOURCE: source, TAG_TARGET: target,
