@@ -276,10 +276,11 @@ def run_demo(out: Path = Path("demo_out"), images_per_class: int = DEFAULT_IMAGE
     progress(BANNER)
     progress(f"output: {out}\ndatasets: {data_dir}\ntracking store: {tracking_uri}")
     with _environment(RSSC_DATA_DIR=str(data_dir), MLFLOW_TRACKING_URI=tracking_uri), \
-            _quiet_loggers():
-        import mlflow
+            _quiet_loggers(), contextlib.ExitStack() as stack:
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri)
+        # Scoped: a process-wide set_tracking_uri would outlive the demo (e.g. in a test run).
+        stack.enter_context(_use_tracking_uri(tracking_uri))
         done = phase(1, "starting TensorFlow")
         from rssc_mlflow import models  # noqa: F401 - TensorFlow import, timed on its own
 

@@ -81,6 +81,12 @@ def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
     assert not model_pool.is_enabled()
     assert models.IMAGENET_WEIGHTS_ENV not in os.environ
     assert "RSSC_DATA_DIR" not in os.environ
+    import mlflow
+
+    # The store chosen for the demo does not outlive it (later code in the process follows
+    # MLFLOW_TRACKING_URI again).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'other.db'}"
     # Every key prepared from synthetic trees, in the demo's data dir.
     for key in CATALOG:
         assert (out / "data").is_dir()

@@ -173,7 +173,7 @@ def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None 
     """Every run the selected tables/figures need, in dependency order (no store access).
 
     Image-steps: training images x epochs + evaluation images x epochs (the protocol evaluates
-    the held-out split after every epoch) + one final evaluation; a probe extracts features of
+    the held-out split after every epoch; the demo profile does not) + one final evaluation; a probe extracts features of
     all target images once (its epochs on 2048-d features cost ~nothing).
     """
     protocol.get_profile(profile)
@@ -205,8 +205,9 @@ def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None 
                 train, test, exact = _split_sizes(key, role, sizes)
                 epochs = resolve_settings(stage, source=source, target=target,
                                           profile=profile).epochs
+                validated = protocol.get_profile(profile).validate_every_epoch
                 steps = (train + test if stage == "probe"
-                         else (train + test) * epochs + test)
+                         else (train + (test if validated else 0)) * epochs + test)
                 up = upstream_of(source) if level == 1 else None
                 out.append(PlannedRun(
                     stage, source, target, seed, level, cells[(stage, source, target)],

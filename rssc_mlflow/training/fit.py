@@ -103,10 +103,19 @@ class StepLearningRate(keras.callbacks.Callback):
     def __init__(self, schedule: WarmupStepDecay):
         super().__init__()
         self._schedule = schedule
+        self._step: int | None = None
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        self._step = None
 
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
-        optimizer = self.model.optimizer
-        optimizer.learning_rate = self._schedule(int(optimizer.iterations.numpy()))
+        if self._step is None:
+            # Read the device counter once, at the first step (after BackupAndRestore has put
+            # a resumed run's optimizer back); counting here afterwards avoids a device-to-host
+            # sync before every step on a GPU.
+            self._step = int(self.model.optimizer.iterations.numpy())
+        self.model.optimizer.learning_rate = self._schedule(self._step)
+        self._step += 1
 
 
 def fast_conv_gradients(model: keras.Model) -> None:

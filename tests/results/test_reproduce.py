@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from rssc_mlflow import protocol
 from rssc_mlflow.data import splits
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import paper, reproduce as rep
@@ -122,14 +123,16 @@ def test_image_steps_of_a_prepared_dataset(isolated_environment: Path) -> None:
     # By hand: 21 categories x 6 images, 80% -> round(4.8) = 5 train, 1 test per category.
     same = planned[("pretrain", "mlrsnet_ucm_same", "", 42)]
     assert same.exact and (same.train_images, same.eval_images) == (21 * 5, 21 * 1)
-    assert same.image_steps == (21 * 6) * 3 + 21  # demo: 3 epochs, plus a final evaluation
+    demo = protocol.get_profile("demo")
+    assert not demo.validate_every_epoch  # demo: no per-epoch evaluation, one at the end
+    assert same.image_steps == (21 * 5) * demo.epochs + 21
     # Half: floor(6/2) = 3 per category of 46 -> round(2.4) = 2 train, 1 test.
     half = planned[("pretrain", "mlrsnet_half", "", 42)]
     assert (half.train_images, half.eval_images) == (46 * 2, 46 * 1)
     assert splits.n_train_for(3, "target") == 1
     ft = planned[("finetune", "mlrsnet_ucm_other", "ucm", 42)]
     assert (ft.train_images, ft.eval_images) == (21, 42)  # UCM 3 per class, 20% -> 1
-    assert ft.image_steps == 63 * 3 + 42
+    assert ft.image_steps == 21 * demo.epochs + 42
     probe = planned[("probe", "mlrsnet_ucm_other", "ucm", 42)]
     assert probe.image_steps == 63
     report = rep.ReproduceReport("demo", "local", [42], 100.0, True, list(planned.values()))

@@ -104,8 +104,8 @@ def test_four_concurrent_runs_on_a_postgres_server(tmp_path: Path) -> None:
                                  extra=["--workers", "4"])
     try:
         names = ["ucm", "aid", "resisc45", "patternnet"]
-        _run_together(server.uri, tmp_path, names, epochs=30)
-        _check_complete(server.uri, names, epochs=30)
+        _run_together(server.uri, tmp_path, names, epochs=15)
+        _check_complete(server.uri, names, epochs=15)
     finally:
         server.stop()
         admin.dispose()
@@ -149,10 +149,10 @@ def test_run_survives_a_server_restart(tmp_path: Path) -> None:
     MLflow's client retries refused connections with exponential backoff; the environment
     below (documented in docs/RELIABILITY.md) gives it ~2 minutes of retries.
     """
-    store, port, epochs = f"sqlite:///{tmp_path / 'server.db'}", free_port(), 12
+    store, port, epochs = f"sqlite:///{tmp_path / 'server.db'}", free_port(), 6
     first = _serve(tmp_path, store, port, "first")
     second = None
-    proc = _client("ucm", first.uri, tmp_path, epochs=epochs, pause_s=1.0,
+    proc = _client("ucm", first.uri, tmp_path, epochs=epochs, pause_s=0.5,
                    extra_env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8",
                               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",

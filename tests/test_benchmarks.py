@@ -1,0 +1,53 @@
+"""The benchmark suite runs end to end and prints every row with numbers (not its figures).
+
+`python -m benchmarks --smoke` is the whole suite at tiny sizes, with a one-conv network in
+place of ResNet-50 and every measurement in one process: about 40 s on a busy 2-core machine.
+The child-process protocol of real runs is checked on its cheapest child.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import Options, child, write_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = (
+    "input pipeline, jpeg256", "input pipeline, tiff256", "input pipeline, jpeg600",
+    "training fit, pipeline vs in-memory", "training fit, mixed_", "feature extraction",
+    "linear probe time", "linear probe test accuracy", "tracking overhead", "prepare vs",
+    "memory, peak RSS", "summarize over 20 runs",
+)
+
+
+def test_smoke_run_prints_every_comparison_with_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "perf"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    names = [r["comparison"] for r in rows]
+    assert len(rows) == len(ROWS)
+    for prefix, name in zip(ROWS, names):
+        assert name.startswith(prefix), names
+    for row in rows:
+        assert all(math.isfinite(row[k]) for k in ("ours", "baseline", "ratio")), row
+        assert row["target"] and row["raw"], row
+    table = (out / "results.md").read_text()
+    assert "SMOKE RUN" in table
+    assert all(f"| {name} |" in table and f"| {name} |" in proc.stdout for name in names)
+
+
+def test_a_measurement_runs_in_a_child_process(tmp_path: Path) -> None:
+    manual = write_tree("resisc45", tmp_path / "src", 45, 32)
+    opts = Options(work=tmp_path, images=45, crop=32, epochs=1, train_crop=32, train_images=8,
+                   batch=8, probe_rows=45, probe_epochs=1, prepare_images=45, memory_images=8,
+                   runs=1, extract_images=8)
+    result = child(opts, "prepare", "baseline", manual_dir=str(manual))
+    assert result["images"] == 45 and result["seconds"] > 0
+    assert 0 < result["peak_rss_mb"] < 500
+    assert (tmp_path / "logs" / "prepare.baseline.log").is_file()
