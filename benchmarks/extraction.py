@@ -1,0 +1,86 @@
+"""Feature extraction: ours vs `predict` on in-memory tensors.
+
+Ours: `rssc_mlflow.training.transfer.extract_features` over the evaluation pipeline of
+`make_dataset`, cold: the images are decoded during the pass, since features are extracted
+once per dataset (the pass also collects the labels, as the package does). Ceiling:
+`backbone.predict` on the same central crops already in memory as float32 tensors. The predict
+function is traced before either is timed. The backbone has ImageNet weights when
+`models.imagenet_weights_path()` finds them, else its random initialisation. Our features are
+saved for the linear probe (`measured` runs the child once per suite run).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import (
+    PREPROCESSING, Options, Row, child, child_main, in_memory, new_model, suite_examples,
+)
+
+NAME = "extraction"
+TARGET = 0.9
+
+
+_lock = threading.Lock()
+_measured: dict[Path, dict[str, Any]] = {}
+
+
+def _backbone(classes: int, crop: int, batch: int) -> tuple[Any, str]:
+    from rssc_mlflow import models
+    from rssc_mlflow.errors import ModelError
+
+    model, _ = new_model(classes, crop, 1, batch, 1)
+    try:
+        models.load_backbone_weights(model, models.imagenet_weights_path())
+        return models.backbone_of(model), "ImageNet"
+    except ModelError:
+        return models.backbone_of(model), "random-init"
+
+
+def measure(crop: int, images: int, batch: int, save: str) -> dict[str, Any]:
+    import numpy as np
+
+    from rssc_mlflow.data import pipeline
+    from rssc_mlflow.training import transfer
+
+    examples, n, classes = suite_examples(images)
+    backbone, weights = _backbone(classes, crop, batch)
+    x, _ = in_memory(examples, n, crop)
+    backbone.predict(x[:batch + 1], batch_size=batch, verbose=0)  # trace: full, partial batch
+    t0 = time.perf_counter()
+    backbone.predict(x, batch_size=batch, verbose=0)
+    ceiling = n / (time.perf_counter() - t0)
+    ds = pipeline.make_dataset(examples, training=False, crop=crop, batch_size=batch,
+                               preprocessing=PREPROCESSING, num_examples=n)
+    t0 = time.perf_counter()
+    features, labels = transfer.extract_features(backbone, ds)
+    ours = n / (time.perf_counter() - t0)
+    np.savez(save, features=features, labels=labels, classes=classes)
+    return {"images": n, "ours": ours, "ceiling": ceiling, "weights": weights}
+
+
+def measured(opts: Options) -> dict[str, Any]:
+    """The extraction child's result (once per work folder); its features are in "features"."""
+    with _lock:
+        if opts.work not in _measured:
+            save = opts.work / "features.npz"
+            _measured[opts.work] = {**child(
+                opts, "extraction", "measure", crop=opts.train_crop, images=opts.extract_images,
+                batch=opts.batch, save=str(save)), "features": str(save)}
+        return _measured[opts.work]
+
+
+def run(opts: Options) -> list[Row]:
+    r = measured(opts)
+    ratio = r["ours"] / r["ceiling"]
+    return [Row("feature extraction vs in-memory predict", r["ours"], r["ceiling"], "img/s",
+                ratio, f">= {TARGET:g}", ratio >= TARGET,
+                f"{r['images']} images, crop {opts.train_crop}, batch {opts.batch}, "
+                f"{r['weights']} ResNet-50, decoding included")]
+
+
+if __name__ == "__main__":
+    child_main()
