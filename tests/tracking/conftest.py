@@ -74,13 +74,16 @@ class Server:
 
 
 def start_mlflow_server(root: Path, backend_store_uri: str, *, extra: list[str] | None = None,
-                        env: dict[str, str] | None = None) -> Server:
-    """A real `mlflow server` process on a free loopback port, with proxied artifacts."""
-    port = free_port()
-    log = root / f"server-{port}.log"
+                        env: dict[str, str] | None = None, port: int | None = None,
+                        artifacts: Path | None = None, log_name: str = "") -> Server:
+    """A real `mlflow server` process on a loopback port (free unless given), with proxied
+    artifacts (in `artifacts`, default a folder per port)."""
+    port = port or free_port()
+    log = root / f"server-{log_name or port}.log"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", backend_store_uri,
-           "--artifacts-destination", str(root / f"artifacts-{port}"), "--serve-artifacts",
+           "--artifacts-destination", str(artifacts or root / f"artifacts-{port}"),
+           "--serve-artifacts",
            "--workers", "1", *(extra or [])]
     process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})}, cwd=root)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 
 from rssc_mlflow.tracking import runs
 from tests.tracking.conftest import Server, free_port, start_mlflow_server
@@ -124,23 +123,8 @@ def test_two_concurrent_runs_on_the_embedded_sqlite_store(tmp_path: Path) -> Non
 
 def _serve(root: Path, store: str, port: int, name: str) -> Server:
     """`mlflow server` on a fixed port, store and artifact folder (so it can be restarted)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", store, "--artifacts-destination", str(root / "artifacts"),
-           "--serve-artifacts", "--workers", "1"]
-    log = root / f"server-{name}.log"
-    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if requests.get(uri + "/health", timeout=2).ok:
-                return Server(uri, process, log)
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    process.kill()
-    raise RuntimeError(f"mlflow server did not answer: {log.read_text()[-3000:]}")
+    return start_mlflow_server(root, store, port=port, artifacts=root / "artifacts",
+                               log_name=name)
 
 
 def test_run_survives_a_server_restart(tmp_path: Path) -> None:
