@@ -162,13 +162,22 @@ class EpochClock:
         return images_per_epoch * (len(self.times) - 2) / (self.times[-1] - self.times[1])
 
 
-def iterate_epochs(ds: Any, epochs: int) -> EpochClock:
-    """Read `ds` 1 + `epochs` times (every element materialised), timing each pass."""
+def iterate_epochs(ds: Any, epochs: int, batches_per_epoch: int | None = None) -> EpochClock:
+    """Read 1 + `epochs` epochs of `ds`, every element materialised, timing each epoch.
+
+    Without `batches_per_epoch`, `ds` is one epoch, read 1 + `epochs` times; with it, `ds` holds
+    all the epochs in a row (our training pipeline) and a tick comes every that many batches.
+    """
     clock = EpochClock()
-    for _ in range(1 + epochs):
-        for _batch in ds:
-            pass
-        clock.tick()
+    if batches_per_epoch is None:
+        for _ in range(1 + epochs):
+            for _batch in ds:
+                pass
+            clock.tick()
+        return clock
+    for i, _batch in enumerate(ds, start=1):
+        if i % batches_per_epoch == 0:
+            clock.tick()
     return clock
 
 
@@ -185,11 +194,14 @@ def suite_examples(images: int) -> tuple[Any, int, int]:
 
 
 def train_dataset(examples: Any, n: int, crop: int, batch: int, **kwargs: Any) -> Any:
-    """Our training pipeline (augmented, cached) over `examples`."""
+    """Our training pipeline (augmented, cached) over `examples`, as `fit` takes it."""
+    import functools
+
     from rssc_mlflow.data import pipeline
 
-    return pipeline.make_dataset(examples, training=True, crop=crop, batch_size=batch,
-                                 preprocessing=PREPROCESSING, num_examples=n, **kwargs)
+    return functools.partial(pipeline.make_dataset, examples, training=True, crop=crop,
+                             batch_size=batch, preprocessing=PREPROCESSING, num_examples=n,
+                             **kwargs)
 
 
 def in_memory(examples: Any, n: int, crop: int) -> tuple[Any, Any]:

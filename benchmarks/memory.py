@@ -37,11 +37,12 @@ def measure(crop: int, batch: int) -> dict[str, Any]:
     examples = prepared.examples()
     model, schedule = new_model(classes, crop, n, batch, 4, small=True)
     warm = train_dataset(examples.take(batch), min(batch, n), crop, batch, cache="disk")
-    fit.fit(model, warm, None, epochs=2, schedule=schedule, checkpoint_dir=None,
-            log_epoch=lambda *_: None, verbose=0)
-    model_mb = peak_rss_mb()
-    fit.fit(model, train_dataset(examples, n, crop, batch), None, epochs=2, schedule=schedule,
+    fit.fit(model, warm, None, epochs=2, steps_per_epoch=1, schedule=schedule,
             checkpoint_dir=None, log_epoch=lambda *_: None, verbose=0)
+    model_mb = peak_rss_mb()
+    fit.fit(model, train_dataset(examples, n, crop, batch), None, epochs=2,
+            steps_per_epoch=-(-n // batch), schedule=schedule, checkpoint_dir=None,
+            log_epoch=lambda *_: None, verbose=0)
     disk = sum(p.stat().st_size for p in Path(config.cache_dir()).rglob("*") if p.is_file())
     return {"images": n, "cache_mb": cache_bytes / 2**20, "model_mb": model_mb,
             "budget_mb": config.cache_memory_mb(), "disk_cache_mb": disk / 2**20,

@@ -78,12 +78,12 @@ def measure(key: str, crop: int, batch: int, epochs: int) -> dict[str, Any]:
     root = Path(prepared.metadata["source"])
     ours_ds = pipeline.make_dataset(prepared.examples(), training=True, crop=crop,
                                     batch_size=batch, preprocessing=PREPROCESSING,
-                                    num_examples=n)
+                                    num_examples=n, epochs=1 + epochs)
     base_ds = _baseline([str(root / r.filename) for r in records], [r.label for r in records],
                         crop, batch, tiff=key == "ucm")
     # Both read files written moments ago (in the OS cache); the baseline goes first.
     base = iterate_epochs(base_ds, epochs)
-    ours = iterate_epochs(ours_ds, epochs)
+    ours = iterate_epochs(ours_ds, epochs, batches_per_epoch=-(-n // batch))
     return {"images": n, "ours": ours.rate(n), "baseline": base.rate(n),
             "ours_first_epoch_s": ours.times[1] - ours.times[0],
             "baseline_first_epoch_s": base.times[1] - base.times[0]}

@@ -31,7 +31,8 @@ def measure(precision: str, crop: int, images: int, batch: int, epochs: int,
     model, schedule = new_model(classes, crop, n, batch, 1 + epochs)
     ours = EpochClock()
     fit.fit(model, train_dataset(examples, n, crop, batch), None, epochs=1 + epochs,
-            schedule=schedule, checkpoint_dir=None, log_epoch=ours.tick, verbose=0)
+            steps_per_epoch=-(-n // batch), schedule=schedule, checkpoint_dir=None,
+            log_epoch=ours.tick, verbose=0)
     result: dict[str, Any] = {"policy": policy, "images": n, "ours": ours.rate(n),
                               "first_epoch_s": ours.times[1] - ours.times[0]}
     if ceiling:

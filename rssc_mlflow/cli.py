@@ -207,6 +207,14 @@ def _common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, pr
                 split_file=split_file)
 
 
+def _require(resume: str | None, **options: str | None) -> None:
+    """Training options are required, except with --resume (the run has them)."""
+    missing = [f"--{name}" for name, value in options.items() if not value]
+    if missing and not resume:
+        raise RsscError(f"Missing option {' and '.join(missing)} (needed unless you continue a "
+                        "run with --resume RUN_ID).")
+
+
 def _report(result) -> None:
     if result.synthetic:
         typer.echo("SYNTHETIC DATA: not comparable to the paper.")
@@ -218,7 +226,7 @@ def _report(result) -> None:
 
 @app.command()
 @friendly
-def pretrain(source: Annotated[str, typer.Option(help="Dataset key to train on from scratch.")],
+def pretrain(source: Annotated[Optional[str], typer.Option(help="Dataset key to train on from scratch.")] = None,
              profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
@@ -226,13 +234,14 @@ def pretrain(source: Annotated[str, typer.Option(help="Dataset key to train on f
     """Train ResNet-50 from scratch on SOURCE's 80%; registers rssc-resnet50-SOURCE."""
     from rssc_mlflow.commands import pretrain as run
 
-    _report(run(source, resume=resume, strategy=strategy,
+    _require(resume, source=source)
+    _report(run(source or "", resume=resume, strategy=strategy,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
 @app.command()
 @friendly
-def adapt(source: Annotated[str, typer.Option(help="Dataset key to adapt ImageNet weights to.")],
+def adapt(source: Annotated[Optional[str], typer.Option(help="Dataset key to adapt ImageNet weights to.")] = None,
           profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
           batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
           lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
@@ -240,14 +249,15 @@ def adapt(source: Annotated[str, typer.Option(help="Dataset key to adapt ImageNe
     """Fine-tune ImageNet ResNet-50 on SOURCE's 80%; registers rssc-resnet50-imagenet-SOURCE."""
     from rssc_mlflow.commands import adapt as run
 
-    _report(run(source, resume=resume, strategy=strategy,
+    _require(resume, source=source)
+    _report(run(source or "", resume=resume, strategy=strategy,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
 @app.command()
 @friendly
-def finetune(source: Annotated[str, typer.Option(help="Model reference: scratch, imagenet, KEY, imagenet+KEY, models:/..., FILE.")],
-             target: Annotated[str, typer.Option(help="Target dataset key.")],
+def finetune(source: Annotated[Optional[str], typer.Option(help="Model reference: scratch, imagenet, KEY, imagenet+KEY, models:/..., FILE.")] = None,
+             target: Annotated[Optional[str], typer.Option(help="Target dataset key.")] = None,
              profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
@@ -256,7 +266,8 @@ def finetune(source: Annotated[str, typer.Option(help="Model reference: scratch,
     """Fine-tune the whole network from SOURCE on TARGET's 20%, test on its 80%."""
     from rssc_mlflow.commands import finetune as run
 
-    _report(run(source, target, resume=resume, strategy=strategy, log_model=log_model,
+    _require(resume, source=source, target=target)
+    _report(run(source or "", target or "", resume=resume, strategy=strategy, log_model=log_model,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 

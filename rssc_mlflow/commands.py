@@ -9,6 +9,7 @@ reason if anything goes wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -90,19 +91,34 @@ def _load_data(key: str, role: str, settings: RunSettings) -> _Data:
     return _Data(prepared, split, prepared.spec)
 
 
-def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, augment_train: bool):
-    """(train, test) tf.data pipelines for a split, decoded and resized once (cached)."""
+def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, cache_root: Path):
+    """(training epochs, test batches) for a split: `fit`'s `train` and the evaluation pipeline.
+
+    Images are decoded and resized once per run and cached; a disk cache (data larger than
+    RSSC_CACHE_MEMORY_MB) goes under `cache_root`, one folder per run (see pipeline's
+    `cache_path`).
+    """
     examples = data.prepared.examples()
-    cache_root = config.cache_dir() / data.spec.key / data.split.digest[:16]
-    out = []
-    for part, files in (("train", data.split.train), ("test", data.split.test)):
-        out.append(pipeline.make_dataset(
-            pipeline.filter_examples(examples, files),
-            training=augment_train and part == "train", crop=settings.image_size,
-            batch_size=settings.batch_size, preprocessing=preprocessing, seed=settings.seed,
-            cache_path=cache_root / part, num_examples=len(files), label_key=data.label_key,
-        ))
-    return out[0], out[1]
+    common = dict(crop=settings.image_size, batch_size=settings.batch_size,
+                  preprocessing=preprocessing, seed=settings.seed, label_key=data.label_key)
+    train = functools.partial(
+        pipeline.make_dataset, pipeline.filter_examples(examples, data.split.train),
+        training=True, cache_path=cache_root / "train", num_examples=len(data.split.train), **common)
+    test = pipeline.make_dataset(
+        pipeline.filter_examples(examples, data.split.test), training=False,
+        cache_path=cache_root / "test", num_examples=len(data.split.test), **common)
+    return train, test
+
+
+def _feature_datasets(data: _Data, settings: RunSettings, preprocessing: str):
+    """(train, test) evaluation pipelines for feature extraction: one pass each, so no cache."""
+    examples = data.prepared.examples()
+    return tuple(
+        pipeline.make_dataset(pipeline.filter_examples(examples, files), training=False,
+                              crop=settings.image_size, batch_size=settings.batch_size,
+                              preprocessing=preprocessing, cache="none",
+                              num_examples=len(files), label_key=data.label_key)
+        for files in (data.split.train, data.split.test))
 
 
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
@@ -234,7 +250,11 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         mlflow.set_tag("rssc.dtype_policy", policy)
         strategy = models.make_strategy(settings.strategy)
         model_pool.set_random_seed(settings.seed)  # the same run whatever ran before it
-        train_ds, test_ds = _datasets(data, settings, preprocessing, augment_train=True)
+        if config.op_determinism():
+            models.enable_op_determinism()
+            mlflow.set_tag("rssc.op_determinism", "true")
+        cache_root = config.cache_dir() / "runs" / run_id
+        train, test_ds = _datasets(data, settings, preprocessing, cache_root=cache_root)
         steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
         runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
                       f"{len(data.split.train)} training images, {len(data.split.test)} "
@@ -243,32 +263,88 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             model = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
                                        source=source, seed=settings.seed,
                                        run_eagerly=profile.run_eagerly)
-        schedule = fit_lib.make_schedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
-                                         epochs=settings.epochs, warmup_epochs=prof_warmup)
-        fit_lib.fit(model, train_ds, test_ds if profile.validate_every_epoch else None,
-                    epochs=settings.epochs, schedule=schedule,
+        kept = checkpoint_dir / UNLOGGED
+        how_to_resume = f"rssc {settings.stage} --resume {run_id}"
+        if resume and (kept / "complete").exists():
+            runs.announce(f"run {run_id} finished training before the tracking server went "
+                          f"away: logging the results kept in {kept}")
+            model.load_weights(kept / "model.weights.h5")
+            with np.load(kept / "predictions.npz", allow_pickle=False) as saved:
+                probs, y_true = saved["probs"], saved["y_true"]
+        else:
+            schedule = fit_lib.make_schedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
+                                             epochs=settings.epochs, warmup_epochs=prof_warmup)
+            try:
+                fit_lib.fit(
+                    model, train, test_ds if profile.validate_every_epoch else None,
+                    epochs=settings.epochs, steps_per_epoch=steps_per_epoch, schedule=schedule,
                     checkpoint_dir=checkpoint_dir if profile.checkpoint_every_epoch else None,
                     log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
                     already_logged=_already_logged_epochs(run_id) if resume else None)
-        probs, y_true = fit_lib.predict_with_labels(model, test_ds)
-        final = _log_evaluation(spec, y_true, probs)
-        name = version = ""
-        if register_as or log_model:
-            sample = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
-            signature = infer_signature(sample.numpy(), np.asarray(model(sample, training=False)))
-            models.set_precision("float32")  # logging must not depend on the training policy
-            if register_as:
-                name, version = registry.register(
-                    model, source_key=data_key, init=register_as, profile=settings.profile,
-                    preprocessing=preprocessing, fingerprint=fingerprint,
-                    synthetic=data.prepared.synthetic, crop=settings.image_size,
-                    signature=signature)
-                runs.announce(f"registered {name} version {version} as @{settings.profile}")
-            else:
-                registry.log_model(model, signature=signature)
+            except Exception as exc:
+                if not runs.server_unreachable(exc):
+                    raise
+                backup = ("its last epoch backup is in " + str(checkpoint_dir)
+                          if profile.checkpoint_every_epoch else "this profile keeps no backups")
+                raise runs.TrackingServerGone(
+                    f"The tracking server at {mlflow.get_tracking_uri()} stopped answering "
+                    f"during training of run {run_id}; {backup}. When the server is back, "
+                    f"`{how_to_resume}` continues the run.") from exc
+            probs, y_true = fit_lib.predict_with_labels(model, test_ds)
+        try:
+            final, name, version = _log_results(
+                model, spec, y_true, probs, test_ds, settings, data, register_as=register_as,
+                log_model=log_model, data_key=data_key, preprocessing=preprocessing,
+                fingerprint=fingerprint)
+        except Exception as exc:
+            if not runs.server_unreachable(exc):
+                raise
+            _keep_unlogged(kept, model, probs, y_true)
+            raise runs.TrackingServerGone(
+                f"The tracking server at {mlflow.get_tracking_uri()} stopped answering at the "
+                f"end of run {run_id}. Nothing is lost: the trained model and its test "
+                f"predictions are kept in {kept}. When the server is back, `{how_to_resume}` "
+                "logs them (no retraining) and finishes the run.") from exc
         runs.announce(f"done: {_format_metrics(final)}")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is FINISHED: no resume needed
+    for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
+        shutil.rmtree(folder, ignore_errors=True)
     return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
+
+
+# Results of a trained run the tracking server could not take, under its checkpoint folder.
+UNLOGGED = "unlogged"
+
+
+def _keep_unlogged(folder: Path, model, probs: np.ndarray, y_true: np.ndarray) -> None:
+    """Write the model's weights and test predictions; `complete` is written last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "complete").unlink(missing_ok=True)
+    model.save_weights(folder / "model.weights.h5")
+    np.savez(folder / "predictions.npz", probs=probs, y_true=y_true)
+    (folder / "complete").write_text("model.weights.h5 predictions.npz\n")
+
+
+def _log_results(model, spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray, test_ds,
+                 settings: RunSettings, data: _Data, *, register_as: str | None,
+                 log_model: bool, data_key: str, preprocessing: str, fingerprint: str
+                 ) -> tuple[dict[str, float], str, str]:
+    """Final metrics and evaluation artifacts, then the model (registered or logged)."""
+    final = _log_evaluation(spec, y_true, probs)
+    name = version = ""
+    if register_as or log_model:
+        sample = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
+        signature = infer_signature(sample.numpy(), np.asarray(model(sample, training=False)))
+        models.set_precision("float32")  # logging must not depend on the training policy
+        if register_as:
+            name, version = registry.register(
+                model, source_key=data_key, init=register_as, profile=settings.profile,
+                preprocessing=preprocessing, fingerprint=fingerprint,
+                synthetic=data.prepared.synthetic, crop=settings.image_size,
+                signature=signature)
+            runs.announce(f"registered {name} version {version} as @{settings.profile}")
+        else:
+            registry.log_model(model, signature=signature)
+    return final, name, version
 
 
 def _format_metrics(values: dict[str, float]) -> str:
@@ -370,7 +446,7 @@ def _features(settings: RunSettings, data: _Data, source: registry.ResolvedSourc
     models.set_precision(settings.precision)
     backbone = model_pool.feature_extractor(crop=settings.image_size, source=source,
                                             num_classes=data.spec.num_classes, task=data.spec.task)
-    train_ds, test_ds = _datasets(data, settings, preprocessing, augment_train=False)
+    train_ds, test_ds = _feature_datasets(data, settings, preprocessing)
     runs.announce(f"extracting features of {len(data.split.train) + len(data.split.test)} images")
     train_x, train_y = transfer.extract_features(backbone, train_ds)
     test_x, test_y = transfer.extract_features(backbone, test_ds)

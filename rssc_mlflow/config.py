@@ -38,3 +38,12 @@ def checkpoint_dir() -> Path:
     Kept on local disk until the run is FINISHED, so `--resume RUN_ID` can continue it.
     """
     return Path(os.environ.get("RSSC_CHECKPOINT_DIR", data_dir() / "checkpoints")).expanduser()
+
+
+def op_determinism() -> bool:
+    """`RSSC_OP_DETERMINISM=1`: TensorFlow's op determinism for training runs.
+
+    With it a CPU run, resumed or not, gives bit-identical metrics for the same seed; on a GPU
+    it selects deterministic (slower) kernels. Recorded on the run as `rssc.op_determinism`.
+    """
+    return os.environ.get("RSSC_OP_DETERMINISM", "").lower() in ("1", "true", "yes")

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -170,7 +171,7 @@ def _prepare(manual: dict[str, Path], rewritten: set[str], say: Progress) -> Non
 
 def _imagenet_standin(folder: Path, say: Progress) -> Path:
     """Train (or reuse) the ImageNet stand-in and return its notop weight file."""
-    from rssc_mlflow import commands, models, protocol
+    from rssc_mlflow import commands, config, models, protocol
     from rssc_mlflow.data.prepare import load_prepared
     from rssc_mlflow.settings import resolve_settings
     from rssc_mlflow.tracking import registry
@@ -202,7 +203,8 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
     # Trained on the inputs `imagenet` runs feed it (the ImageNet-lineage default), as
     # Keras's weights were trained on mean-subtracted images.
     preprocessing = models.preprocessing_for("imagenet")
-    train_ds, test_ds = commands._datasets(data, settings, preprocessing, augment_train=True)
+    cache_root = config.cache_dir() / "runs" / "demo-imagenet-standin"
+    train, test_ds = commands._datasets(data, settings, preprocessing, cache_root=cache_root)
     steps = -(-len(data.split.train) // settings.batch_size)
     say(f"  training ResNet-50 from scratch on the synthetic {STANDIN_KEY}: "
         f"{len(data.split.train)} images, {settings.epochs} epochs, seed {settings.seed}")
@@ -212,12 +214,13 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
     schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch"), steps_per_epoch=steps,
                                      epochs=settings.epochs,
                                      warmup_epochs=min(settings.epochs, profile.warmup_epochs))
-    fit_lib.fit(model, train_ds, None, epochs=settings.epochs, schedule=schedule,
-                checkpoint_dir=None, verbose=0,
+    fit_lib.fit(model, train, None, epochs=settings.epochs, steps_per_epoch=steps,
+                schedule=schedule, checkpoint_dir=None, verbose=0,
                 log_epoch=lambda e, v: say(f"    epoch {e}: loss {v['loss']:.3f}, "
                                            f"accuracy {100 * v.get('accuracy', 0):.1f}%"))
     probs, labels = fit_lib.predict_with_labels(model, test_ds)
     accuracy = float((probs.argmax(axis=1) == labels).mean())
+    shutil.rmtree(cache_root, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:  # never leave a half-written file
         partial = Path(tmp) / path.name

@@ -536,6 +536,15 @@ def preprocessing_for(lineage: str, override: str | None = None) -> str:
 # --- Precision and distribution --------------------------------------------------------------
 
 
+def enable_op_determinism() -> None:
+    """TensorFlow's op determinism (`RSSC_OP_DETERMINISM`): same seed, same bits, resumed or not.
+
+    Our tf.data pipelines and augmentation are already seeded and ordered; this makes the
+    kernels deterministic too (on a GPU: slower ones, or an error naming an op without one).
+    """
+    tf.config.experimental.enable_op_determinism()
+
+
 def set_precision(precision: Literal["float32", "mixed"]) -> str:
     """Set Keras's global dtype policy and return its name.
 

@@ -126,7 +126,24 @@ def _disk_cache_path(cache_path: Path | None, training: bool, side: int, n: int)
     Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
     # tf.data reuses a complete file cache without looking at its inputs: the name carries what
     # can tell caches apart here (training caches the resized image, evaluation the crop).
-    return f"{cache_path}-{'train' if training else 'eval'}-{side}px-n{n}"
+    prefix = f"{cache_path}-{'train' if training else 'eval'}-{side}px-n{n}"
+    _remove_incomplete_cache(prefix)
+    return prefix
+
+
+def _remove_incomplete_cache(prefix: str) -> None:
+    """Delete what a killed writer left of the file cache `prefix` (no `.index`: incomplete).
+
+    tf.data refuses to write a cache whose lockfile exists ("concurrent caching iterator"), so
+    a process killed in its first epoch would otherwise block its own `--resume`. Cache paths
+    are per run (`commands`), so no live writer shares this prefix.
+    """
+    if Path(f"{prefix}.index").exists():
+        return
+    folder, name = Path(prefix).parent, Path(prefix).name
+    for leftover in folder.glob(f"{name}_*"):
+        if leftover.name.endswith(".lockfile") or ".tempstate" in leftover.name:
+            leftover.unlink(missing_ok=True)
 
 
 def _mkdir(path: Path) -> Path:
@@ -149,16 +166,21 @@ def make_dataset(
     drop_remainder: bool = False,
     shuffle_buffer: int | None = None,
     deterministic: bool | None = None,
+    first_epoch: int = 0,
+    epochs: int = 1,
 ) -> tf.data.Dataset:
     """(float32 [b, crop, crop, 3], labels) batches from {image: encoded bytes, label_key: ...}.
 
     Each image is decoded and resized once: the uint8 images are cached (`cache`), so an epoch
     does only crop/flips/rot90 (training) or nothing (evaluation: the central crop is cached)
-    plus `preprocessing`. Training shuffles after the cache, seeded, anew each epoch; the
-    augmentation of element i of epoch e uses a stateless seed drawn from (seed, e, i), so the
-    same seed reproduces a run exactly.
-    `cache_path` names a disk cache (make it unique to the data: e.g. include dataset and split
-    digests); without it a fresh temporary folder is used. `deterministic` sets tf.data's
+    plus `preprocessing`.
+    Training gives the batches of epochs `first_epoch` .. `first_epoch + epochs - 1` in a row
+    (`fit` asks for the epochs it has left). Each epoch is shuffled after the cache with a seed
+    drawn from (seed, epoch), and element i of epoch e is augmented with a stateless seed from
+    (seed, e, i): the same seed reproduces a run exactly, and a resumed run continues it.
+    `cache_path` names a disk cache, unique to the data and to one writer at a time (`commands`
+    uses one per run; a killed writer's leftovers are removed); without it a fresh temporary
+    folder is used. `deterministic` sets tf.data's
     deterministic option (None: tf.data's default, which is deterministic).
     """
     if preprocessing not in PREPROCESSING_MODES:
@@ -194,23 +216,35 @@ def make_dataset(
             # Whole dataset when it is in memory anyway; else what the memory budget holds.
             budget = max(1, config.cache_memory_mb() * 2**20 // (side * side * 3))
             shuffle_buffer = n if mode == "memory" else min(n, budget)
-        ds = ds.shuffle(max(1, shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
-        # One [2] seed per element: a seeded stream that differs each epoch (iteration) and is
-        # the same for every run with this seed.
-        seeds = tf.data.Dataset.random(seed=_derive(seed, "augment"),
-                                       rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
+        shuffle_seed = _derive(seed, "shuffle")
+        augment_seed = _derive(seed, "augment")
+        batches_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
 
-        def train_map(pair: tuple[tf.Tensor, tf.Tensor], element_seed: tf.Tensor):
-            image, label = pair
-            return preprocess(augment(image, crop, element_seed), preprocessing), label
+        def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+            # Epoch e's order and augmentation are functions of (seed, e) alone, not of how
+            # many epochs this process has iterated: a run resumed at epoch e sees exactly
+            # the batches the uninterrupted run saw.
+            order_seed = tf.random.stateless_uniform(
+                [], seed=tf.stack([shuffle_seed, epoch]), minval=0, maxval=2**62, dtype=tf.int64)
+            shuffled = ds.shuffle(max(1, shuffle_buffer), seed=order_seed,
+                                  reshuffle_each_iteration=False).enumerate()
 
-        ds = ds.map(train_map, num_parallel_calls=AUTOTUNE)
+            def train_map(index: tf.Tensor, pair: tuple[tf.Tensor, tf.Tensor]):
+                image, label = pair
+                element_seed = tf.random.experimental.stateless_fold_in(
+                    tf.stack([tf.constant(augment_seed, tf.int64), epoch]), index)
+                return preprocess(augment(image, crop, element_seed), preprocessing), label
+
+            return (shuffled.map(train_map, num_parallel_calls=AUTOTUNE)
+                    .batch(batch_size, drop_remainder=drop_remainder))
+
+        ds = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(epoch_batches)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(epochs * batches_per_epoch))
     else:
         ds = ds.map(lambda image, label: (preprocess(image, preprocessing), label),
                     num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.prefetch(AUTOTUNE)
     if deterministic is not None:
         options = tf.data.Options()

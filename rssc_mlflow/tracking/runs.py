@@ -108,6 +108,41 @@ def check_tracking_reachable(timeout_s: float = 10.0) -> None:
         raise
 
 
+class TrackingServerGone(RsscError):
+    """The tracking server stopped answering after training; the results are kept locally."""
+
+
+def server_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) means the tracking server does not answer."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError)):
+            return True
+        text = str(seen)
+        if isinstance(seen, MlflowException) and any(
+                s in text for s in ("Max retries exceeded", "Connection refused",
+                                    "Failed to establish a new connection")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _no_http_retries() -> Iterator[None]:
+    """MLflow's client without retries, for calls that are expected to fail fast."""
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = saved
+
+
 @contextlib.contextmanager
 def tracked_run(
     stage: str,
@@ -120,7 +155,8 @@ def tracked_run(
     """Start, attach to (`mlflow run` sets MLFLOW_RUN_ID) or resume a run; FAILED on error.
 
     Whatever is raised inside is recorded on the run (tag `rssc.error`) before the run is marked
-    FAILED and the exception goes on, so no run is ever left RUNNING by an error.
+    FAILED and the exception goes on, so no run is ever left RUNNING by an error, except when
+    the server itself is gone (`TrackingServerGone`: the error says how to finish the run).
     """
     check_tracking_reachable()
     if resume_run_id:
@@ -150,6 +186,12 @@ def tracked_run(
         })
     try:
         yield run
+    except TrackingServerGone:
+        # The server is gone: the run stays RUNNING there until `--resume` finishes it (the
+        # error says how). One quick attempt to end it, no minutes of retries.
+        with _no_http_retries(), contextlib.suppress(Exception):
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
     except BaseException as exc:
         message = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -172,30 +173,55 @@ def prebuild(model: keras.Model, data: tf.data.Dataset) -> None:
         pass
 
 
-def fit(model: keras.Model, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset | None, *,
-        epochs: int, schedule: WarmupStepDecay, checkpoint_dir: Path | None,
-        log_epoch: Callable[[int, dict[str, float]], None],
-        already_logged: set[int] | None = None, verbose: int = 2) -> keras.callbacks.History:
+class TrainingEpochs(Protocol):
+    """The training batches of epochs first_epoch .. first_epoch + epochs - 1, one after another
+    (`pipeline.make_dataset` with its other arguments bound, e.g. by `functools.partial`)."""
+
+    def __call__(self, *, first_epoch: int, epochs: int) -> tf.data.Dataset: ...
+
+
+def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | None, *,
+        epochs: int, steps_per_epoch: int, schedule: WarmupStepDecay,
+        checkpoint_dir: Path | None, log_epoch: Callable[[int, dict[str, float]], None],
+        already_logged: set[int] | None = None, verbose: int = 2) -> int:
     """Train for `epochs`, resuming from `checkpoint_dir` when it holds a backup.
 
     The evaluation split is passed as validation data, as the authors did: it is reported each
     epoch and never used for model selection (the last epoch is the result). `eval_ds=None`
     skips it (the `demo` profile: the final evaluation is made after `fit` anyway).
     The model must have been compiled by `compile_model`/`compile_for_training`: the rate of
-    every step comes from `schedule`.
+    every step comes from `schedule`. Returns the epoch training started from (0 unless resumed).
+
+    A resumed run restores weights, optimizer state and the epoch from the backup, then asks
+    `train` for the epochs left: their batches depend only on (seed, epoch), so with op
+    determinism the resumed run ends with exactly the weights of an uninterrupted one.
     """
-    prebuild(model, train_ds)
-    callbacks = [
+    prebuild(model, train(first_epoch=0, epochs=1))
+    callbacks: list[keras.callbacks.Callback] = [
         StepLearningRate(schedule),
         # Logging before the backup: an epoch is checkpointed only once it is recorded.
         EpochLogger(log_epoch, schedule, already_logged),
     ]
+    first_epoch = 0
     if checkpoint_dir is not None:  # None: no per-epoch backup (~1.5 s each for ResNet-50)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            str(checkpoint_dir), save_freq="epoch", delete_checkpoint=False))
-    return model.fit(train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks,
-                     verbose=verbose)
+        # double_checkpoint: a kill while the weights are written falls back to the previous
+        # epoch's backup instead of failing to load a truncated file.
+        backup = keras.callbacks.BackupAndRestore(
+            str(checkpoint_dir), save_freq="epoch", delete_checkpoint=False,
+            double_checkpoint=True)
+        callbacks.append(backup)
+        # Restore now (fit restores again; cheap) to learn which epoch the data must start at.
+        backup.set_model(model)
+        backup.on_train_begin()
+        first_epoch = int(model._initial_epoch or 0)
+    if first_epoch >= epochs:
+        return first_epoch  # killed after the last backup: nothing left to train
+    model.fit(train(first_epoch=first_epoch, epochs=epochs - first_epoch),
+              validation_data=eval_ds, epochs=epochs, initial_epoch=first_epoch,
+              steps_per_epoch=steps_per_epoch, shuffle=False,  # the pipeline shuffles
+              callbacks=callbacks, verbose=verbose)
+    return first_epoch
 
 
 def predict_with_labels(model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

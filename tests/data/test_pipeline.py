@@ -172,22 +172,60 @@ def test_make_dataset_multilabel_key() -> None:
     assert y.shape == (4, 3)
 
 
+def _epochs(examples: tf.data.Dataset, seed: int, *, first_epoch: int = 0, epochs: int = 2,
+            batch_size: int = 8, **kwargs) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The training stream's epochs, one (images, labels) pair each (8 images, batch 8)."""
+    ds = pipeline.make_dataset(examples, training=True, crop=CROP, batch_size=batch_size,
+                               preprocessing="unit", seed=seed, first_epoch=first_epoch,
+                               epochs=epochs, deterministic=True, **kwargs)
+    assert int(ds.cardinality()) == epochs * -(-8 // batch_size)
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
 def test_training_is_seeded_reshuffled_and_reproducible() -> None:
     examples = _examples(_images(8))
-
-    def epochs(seed: int, n: int = 2) -> list[np.ndarray]:
-        ds = pipeline.make_dataset(examples, training=True, crop=CROP, batch_size=8,
-                                   preprocessing="unit", seed=seed, cache="memory",
-                                   deterministic=True)
-        return [_collect(ds)[0] for _ in range(n)]
-
-    a1, a2 = epochs(5)
-    b1, b2 = epochs(5)
+    (a1, ya1), (a2, ya2) = _epochs(examples, 5, cache="memory")
+    (b1, yb1), (b2, yb2) = _epochs(examples, 5, cache="memory")
     np.testing.assert_array_equal(a1, b1)
     np.testing.assert_array_equal(a2, b2)
     assert not np.array_equal(a1, a2)  # each epoch is shuffled and augmented anew
-    c1, _ = epochs(6)
+    assert ya1.tolist() != ya2.tolist() and sorted(ya1) == sorted(ya2)  # a new order, same images
+    (c1, _), _ = _epochs(examples, 6, cache="memory")
     assert not np.array_equal(a1, c1)
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "none"])
+def test_an_epoch_depends_on_its_number_not_on_what_was_read_before(cache: str,
+                                                                    tmp_path: Path) -> None:
+    """What a resumed run relies on: epoch 3 read alone equals epoch 3 of the whole stream."""
+    examples = _examples(_images(8))
+    stream = _epochs(examples, 5, epochs=4, batch_size=3, cache=cache,
+                     cache_path=tmp_path / "whole")
+    alone = _epochs(examples, 5, first_epoch=2, epochs=2, batch_size=3, cache=cache,
+                    cache_path=tmp_path / "resumed")
+    assert len(stream) == 4 * 3 and len(alone) == 2 * 3  # batches of 3, 3 and 2 per epoch
+    for (x, y), (xr, yr) in zip(stream[6:], alone):
+        np.testing.assert_array_equal(x, xr)
+        np.testing.assert_array_equal(y, yr)
+    assert not np.array_equal(stream[0][0], alone[0][0])
+
+
+def test_a_killed_writers_disk_cache_is_rebuilt(tmp_path: Path) -> None:
+    """tf.data refuses a cache whose lockfile exists; a kill -9 in epoch 1 leaves one."""
+    examples = _examples(_images(8))
+    prefix = tmp_path / f"cache-train-{RESIZE}px-n8"
+    Path(f"{prefix}_0.lockfile").write_text("Created at: 0")
+    Path(f"{prefix}_0.data-00000-of-00001.tempstate123").write_bytes(b"partial")
+    expected = _epochs(examples, 5, cache="none")
+    got = _epochs(examples, 5, cache="disk", cache_path=tmp_path / "cache")
+    for (x, y), (xr, yr) in zip(got, expected):
+        np.testing.assert_array_equal(x, xr)
+        np.testing.assert_array_equal(y, yr)
+    assert Path(f"{prefix}.index").exists() and not Path(f"{prefix}_0.lockfile").exists()
+    # a complete cache is read, not rebuilt (even if the source is gone)
+    again = _epochs(examples.take(0), 5, cache="disk", cache_path=tmp_path / "cache",
+                    num_examples=8)
+    np.testing.assert_array_equal(again[1][0], expected[1][0])
 
 
 def test_eval_is_deterministic_and_ordered() -> None:

@@ -210,36 +210,6 @@ def test_weights_import_registers_a_checked_file(pretrained, store, tmp_path):
     _no_running_runs(store)
 
 
-def test_resume_continues_the_same_run_without_duplicate_epochs(world, store, monkeypatch):
-    """A crash after epoch 1's checkpoint; --resume finishes epochs 2-3 in the same run."""
-    original = keras.callbacks.BackupAndRestore.on_epoch_end
-
-    def crash_after_first_checkpoint(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt("simulated pre-emption")
-
-    with monkeypatch.context() as m:
-        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_first_checkpoint)
-        with pytest.raises(KeyboardInterrupt):
-            commands.finetune("scratch", "ucm", epochs=3, log_model=False, **SMOKE)
-    interrupted = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                                 filter_string="attributes.status = 'FAILED'")
-                   if "simulated pre-emption" in r.data.tags.get(runs.TAG_ERROR, "")]
-    assert len(interrupted) == 1
-    run_id = interrupted[0].info.run_id
-    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1]
-
-    result = commands.finetune("scratch", "ucm", resume=run_id)
-    assert result.run_id == run_id
-    run = store.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert [m.step for m in store.get_metric_history(run_id, "loss")] == [1, 2, 3]
-    assert [m.step for m in store.get_metric_history(run_id, "lr")] == [1, 2, 3]
-    assert "test_accuracy" in run.data.metrics
-    _no_running_runs(store)
-
-
 def test_server_command_binds_loopback_and_can_require_auth():
     from rssc_mlflow.tracking.server import server_command
 

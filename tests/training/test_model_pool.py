@@ -46,13 +46,15 @@ def sources(weight_file, monkeypatch):
 def _train(data, tmp_path: Path, source, seed: int, tag: str):
     x, y = data
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+    epochs_of = lambda first_epoch, epochs: ds.repeat(epochs)  # noqa: E731 - same batches
     model = model_pool.acquire(CLASSES, "single", crop=CROP, source=source, seed=seed,
                                run_eagerly=True)
     assert int(model.optimizer.iterations.numpy()) == 0
     schedule = fit_lib.make_schedule(peak_lr=3e-3, steps_per_epoch=IMAGES // BATCH,
                                      epochs=EPOCHS, warmup_epochs=1)
     logged: list[tuple[int, dict[str, float]]] = []
-    fit_lib.fit(model, ds, None, epochs=EPOCHS, schedule=schedule,
+    fit_lib.fit(model, epochs_of, None, epochs=EPOCHS, steps_per_epoch=IMAGES // BATCH,
+                schedule=schedule,
                 checkpoint_dir=tmp_path / tag, log_epoch=lambda e, v: logged.append((e, v)),
                 verbose=0)
     weights = [keras.ops.convert_to_numpy(w) for w in model.weights]

@@ -1,0 +1,176 @@
+"""Real training runs that lose their process or their tracking server, then `--resume`.
+
+- `kill -9` in epoch 2 of 3, then `rssc finetune --resume RUN_ID`: the same run, epochs 1-3
+  once each, and every metric bit-identical to an uninterrupted run with the same seed
+  (CPU, RSSC_OP_DETERMINISM=1).
+- The server goes away after training, before the results are logged: the model and its test
+  predictions are kept on local disk, the error says where, and `--resume` logs them later
+  without retraining.
+
+Each `rssc` runs in its own process, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+
+from rssc_mlflow.tracking import runs
+from tests.tracking.conftest import free_port, start_mlflow_server
+
+pytestmark = pytest.mark.slow
+
+FINETUNE = ["finetune", "--source", "scratch", "--target", "ucm", "--profile", "smoke",
+            "--epochs", "3", "--no-log-model"]
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def _env(world, tmp_path: Path, uri: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "RSSC_DATA_DIR": str(world.data_dir), "MLFLOW_TRACKING_URI": uri,
+            "RSSC_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+            "RSSC_CACHE_DIR": str(tmp_path / "cache"), "RSSC_OP_DETERMINISM": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def _rssc(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _history(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),
+                                                     key=lambda m: (m.step, m.timestamp))]
+            for key in EPOCH_METRICS}
+
+
+def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    client.search_experiments()  # the schema exists before two processes use the store
+    env = _env(world, tmp_path, uri)
+    log = tmp_path / "killed.log"
+    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *FINETUNE], env=env,
+                            cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    try:
+        # Epoch 1 is backed up (BackupAndRestore writes its metadata last): we are in epoch 2.
+        while not any(json.loads(p.read_text() or "{}").get("epoch") == 1
+                      for p in (tmp_path / "checkpoints").glob("*/training_metadata.json")):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() - started < 400, "epoch 1 was not backed up in time"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    (killed,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    run_id = killed.info.run_id
+    assert killed.info.status == "RUNNING"  # kill -9: nothing could mark it
+    assert [s for s, _ in _history(client, run_id)["loss"]] == [1]
+
+    resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    uninterrupted = _rssc(FINETUNE, env, tmp_path)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    done = {r.info.run_id: r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    assert len(done) == 2 and all(r.info.status == "FINISHED" for r in done.values())
+    (other_id,) = set(done) - {run_id}
+    ours, reference = _history(client, run_id), _history(client, other_id)
+    for key in EPOCH_METRICS:
+        assert [s for s, _ in ours[key]] == [1, 2, 3], key  # no epoch missing or twice
+        assert ours[key] == reference[key], key  # bit for bit
+    assert done[run_id].data.metrics["test_accuracy"] == \
+        done[other_id].data.metrics["test_accuracy"]
+    assert done[run_id].data.tags["rssc.op_determinism"] == "true"
+    assert not (tmp_path / "checkpoints" / run_id).exists()  # FINISHED: the backup is gone
+
+
+# The injected fault: the server is stopped the moment training and evaluation are over,
+# before the results are logged; the client gives up after one quick retry.
+KILL_SERVER_AFTER_TRAINING = textwrap.dedent("""
+    import os, signal, socket, sys, time
+    from rssc_mlflow.training import fit
+    from rssc_mlflow.cli import main
+
+    predict = fit.predict_with_labels
+
+    def predict_then_lose_the_server(model, ds):
+        out = predict(model, ds)
+        os.kill(int(os.environ["SERVER_PID"]), signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until nothing answers on its port
+            try:
+                socket.create_connection(("127.0.0.1", int(os.environ["SERVER_PORT"])), 1).close()
+            except OSError:
+                break
+            time.sleep(0.2)
+        return out
+
+    fit.predict_with_labels = predict_then_lose_the_server
+    sys.argv = ["rssc", *sys.argv[1:]]
+    main()
+""")
+
+
+def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tmp_path: Path,
+                                                                        monkeypatch):
+    store, port = f"sqlite:///{tmp_path / 'server.db'}", free_port()
+    server = start_mlflow_server(tmp_path, store, port=port, artifacts=tmp_path / "artifacts",
+                                 log_name="first")
+    env = _env(world, tmp_path, server.uri, SERVER_PID=str(server.process.pid),
+               SERVER_PORT=str(port),
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
+    args = ["finetune", "--source", "scratch", "--target", "ucm", "--profile", "smoke",
+            "--epochs", "2"]  # the model is logged too
+    try:
+        lost = subprocess.run([sys.executable, "-c", KILL_SERVER_AFTER_TRAINING, *args],
+                              env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        server.stop()
+    assert lost.returncode == 1, lost.stderr[-3000:]
+    message = " ".join(lost.stderr.split())
+    assert "stopped answering at the end of run" in message, message[-3000:]
+    run_id = message.split("at the end of run ")[1].split(".")[0]
+    kept = tmp_path / "checkpoints" / run_id / "unlogged"
+    assert f"kept in {kept}" in message and f"rssc finetune --resume {run_id}" in message
+    assert sorted(p.name for p in kept.iterdir()) == ["complete", "model.weights.h5",
+                                                      "predictions.npz"]
+    with np.load(kept / "predictions.npz") as saved:
+        expected = accuracy_score(saved["y_true"], saved["probs"].argmax(axis=1))
+
+    server = start_mlflow_server(tmp_path, store, port=port, artifacts=tmp_path / "artifacts",
+                                 log_name="second")
+    try:
+        resumed = _rssc(["finetune", "--resume", run_id], env, tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "logging the results kept in" in resumed.stdout
+        client = mlflow.MlflowClient(server.uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["test_accuracy"] == pytest.approx(expected, abs=1e-12)
+        history = _history(client, run_id)
+        assert [s for s, _ in history["loss"]] == [1, 2]  # logged during training, once
+        assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
+            "evaluation/confusion_matrix.png", "evaluation/per_class_report.txt"}
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                             output_format="list")
+        assert [(m.source_run_id, m.status.name) for m in logged] == [(run_id, "READY")]
+        assert not (tmp_path / "checkpoints" / run_id).exists()
+        assert runs.TAG_ERROR not in run.data.tags
+    finally:
+        server.stop()
