@@ -371,6 +371,21 @@ def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
 
 
+def _run_stage(stage: str, source: str, target: str, profile: str, seed: int,
+               log_model_finetune: bool):
+    """One grid cell through `commands` (what `rssc STAGE ...` runs), in this process."""
+    from rssc_mlflow import commands
+
+    params: dict[str, Any] = {"profile": profile, "seed": seed}
+    if stage == "pretrain":
+        return commands.pretrain(source, **params)
+    if stage == "adapt":
+        return commands.adapt(source, **params)
+    if stage == "finetune":
+        return commands.finetune(source, target, log_model=log_model_finetune, **params)
+    return commands.probe(source, target, **params)
+
+
 class _Local:
     """In-process calls of `commands.*` (TensorFlow imported once), or subprocesses if parallel."""
 
@@ -385,22 +400,13 @@ class _Local:
             self._in_process(run, say)
 
     def _in_process(self, run: PlannedRun, say: Callable[[PlannedRun, str], None]) -> None:
-        from rssc_mlflow import commands
         from rssc_mlflow.training import model_pool
 
         say(run, "...")
         started = time.monotonic()
-        params: dict[str, Any] = {"profile": self.profile, "seed": run.seed}
         try:
-            if run.stage == "pretrain":
-                result = commands.pretrain(run.source, **params)
-            elif run.stage == "adapt":
-                result = commands.adapt(run.source, **params)
-            elif run.stage == "finetune":
-                result = commands.finetune(run.source, run.target,
-                                           log_model=self.log_model_finetune, **params)
-            else:
-                result = commands.probe(run.source, run.target, **params)
+            result = _run_stage(run.stage, run.source, run.target, self.profile, run.seed,
+                                self.log_model_finetune)
         except Exception as exc:  # noqa: BLE001 - one failure must not stop independent runs
             _failed(run, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
         else:
@@ -553,20 +559,10 @@ def _worker_start(log_path: str, tracking_uri: str) -> None:
 
 def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
                 log_model_finetune: bool) -> dict[str, Any]:
-    from rssc_mlflow import commands
-
     started = time.monotonic()
     print(f"--- {stage} {source} {target} seed {seed}", flush=True)
-    params: dict[str, Any] = {"profile": profile, "seed": seed}
     try:
-        if stage == "pretrain":
-            result = commands.pretrain(source, **params)
-        elif stage == "adapt":
-            result = commands.adapt(source, **params)
-        elif stage == "finetune":
-            result = commands.finetune(source, target, log_model=log_model_finetune, **params)
-        else:
-            result = commands.probe(source, target, **params)
+        result = _run_stage(stage, source, target, profile, seed, log_model_finetune)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
         import traceback
 
