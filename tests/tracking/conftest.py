@@ -6,8 +6,10 @@ each test points RSSC_DATA_DIR / MLFLOW_TRACKING_URI at it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,11 +68,17 @@ class Server:
     log: Path
 
     def stop(self) -> None:
-        self.process.terminate()
+        """Stop the server and everything it started (uvicorn, job runner, huey consumers)."""
+        group = self.process.pid  # its own session: the group id is its pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)  # whatever did not stop: never left running
+        self.process.wait()
 
 
 def start_mlflow_server(root: Path, backend_store_uri: str, *, extra: list[str] | None = None,
@@ -86,7 +94,8 @@ def start_mlflow_server(root: Path, backend_store_uri: str, *, extra: list[str] 
            "--serve-artifacts",
            "--workers", "1", *(extra or [])]
     process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})}, cwd=root)
+                               env={**os.environ, **(env or {})}, cwd=root,
+                               start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -109,7 +109,7 @@ KILL_SERVER_AFTER_TRAINING = textwrap.dedent("""
 
     def predict_then_lose_the_server(model, ds):
         out = predict(model, ds)
-        os.kill(int(os.environ["SERVER_PID"]), signal.SIGTERM)
+        os.killpg(int(os.environ["SERVER_PID"]), signal.SIGTERM)  # the server's whole group
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # until nothing answers on its port
             try:
