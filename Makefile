@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rssc demo --out demo_out
 
+# Two workers, one test file each at a time (module fixtures are built once): the slow tests
+# mostly wait on subprocesses and servers, so the suite takes ~18 min here instead of ~30.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 server: $(STAMP)
 	$(BIN)/rssc server

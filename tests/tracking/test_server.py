@@ -1,7 +1,8 @@
 """Through a real `mlflow server`: pretrain -> registry -> finetune -> weights download.
 
-Once with a SQLite backend and once with PostgreSQL (`.ci/run` starts one and exports
-RSSC_TEST_POSTGRES_URI; in CI a missing PostgreSQL is a failure, not a skip).
+With a PostgreSQL backend (`.ci/run` starts one and exports RSSC_TEST_POSTGRES_URI; in CI a
+missing PostgreSQL is a failure, not a skip). Servers over SQLite are exercised by
+test_recovery.py (a logged model through the proxy), test_faults.py and test_security.py.
 """
 
 from __future__ import annotations
@@ -54,14 +55,6 @@ def _round_trip(world, monkeypatch, tmp_path, server_uri: str) -> None:
     assert client.get_run(pre.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
     files = registry.download("ucm", tmp_path / "weights", profile="smoke")
     assert all(path.stat().st_size > 0 for path in files)
-
-
-def test_sqlite_server_round_trip(world, monkeypatch, tmp_path):
-    server = start_mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}")
-    try:
-        _round_trip(world, monkeypatch, tmp_path, server.uri)
-    finally:
-        server.stop()
 
 
 def test_postgres_server_round_trip(world, monkeypatch, tmp_path):
