@@ -8,12 +8,15 @@ reason if anything goes wrong.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +244,12 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
     with runs.tracked_run(settings.stage, display_source, settings.target,
-                          resume_run_id=resume) as run:
+                          resume_run_id=resume) as run, contextlib.ExitStack() as hold:
         run_id = run.info.run_id
         _record_inputs(data, settings, fingerprint, preprocessing, source)
         checkpoint_dir = config.checkpoint_dir() / run_id
         mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
+        hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
         policy = models.set_precision(settings.precision)
         mlflow.set_tag("rssc.dtype_policy", policy)
         strategy = models.make_strategy(settings.strategy)
@@ -309,6 +313,42 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
         shutil.rmtree(folder, ignore_errors=True)
     return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
+
+
+TRAINING_STAGES = ("pretrain", "adapt", "finetune")
+
+
+class RunLocked(RsscError):
+    """Another process on this machine is training the run."""
+
+
+@contextlib.contextmanager
+def _training_lock(folder: Path, run_id: str) -> Iterator[None]:
+    """Hold the run's checkpoint folder for this process (released by the OS on kill -9)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"Run {run_id} is being trained by another process on this machine "
+                            f"(its checkpoint folder {folder} is locked). Wait for it to end, "
+                            "or stop it, before resuming.") from None
+        yield
+
+
+def can_resume(run: mlflow.entities.Run) -> bool:
+    """Whether an interrupted (RUNNING or FAILED) training run can be continued here: its
+    checkpoint folder is on this machine and no process is training it."""
+    folder = run.data.tags.get(runs.TAG_CHECKPOINT_DIR)
+    if run.data.tags.get(runs.TAG_STAGE) not in TRAINING_STAGES or not folder:
+        return False
+    if not Path(folder).is_dir():
+        return False
+    try:
+        with _training_lock(Path(folder), run.info.run_id):
+            return True
+    except RunLocked:
+        return False
 
 
 # Results of a trained run the tracking server could not take, under its checkpoint folder.

@@ -11,8 +11,10 @@ profile (`rssc-resnet50-K@paper`), which the *last* seed's pretrain/adapt moves:
 seeds, the transfers of every seed start from the last seed's upstream model.
 
 Resuming: a run counts as done when the store holds a FINISHED run with the same stage, source,
-target, seed and protocol fingerprint tags (`commands.fingerprint_for`). RUNNING or FAILED runs
-left by a crash are not done: they are run again, as new runs. The store is read once per level,
+target, seed and protocol fingerprint tags (`commands.fingerprint_for`). A RUNNING or FAILED
+training run of a cell, left by a crash, a kill -9 or a pre-empted node, is continued in the
+same MLflow run from its last checkpoint (`--resume`) when its checkpoint folder is on this
+machine and no process holds it (`commands.can_resume`); otherwise the cell runs anew. The store is read once per level,
 and the fingerprints of transfers are computed after level 0 has (re)registered their upstream.
 
 The CLI is `rssc reproduce` (rssc_mlflow/cli.py); `python -m rssc_mlflow.results.reproduce --help` offers the same without the CLI.
@@ -94,6 +96,7 @@ class PlannedRun:
     seconds: float = 0.0
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     reason: str = ""
+    resume_id: str = ""  # an interrupted run of this cell that this machine can continue
 
     @property
     def key(self) -> RunKey:
@@ -323,6 +326,44 @@ def finished_runs() -> dict[tuple[str, str, str, str, str], str]:
     return index
 
 
+def interrupted_runs() -> dict[tuple[str, str, str, str, str], list[mlflow.entities.Run]]:
+    """{(stage, source, target, seed, fingerprint): runs} of RUNNING or FAILED training runs,
+    newest first: what a crash, a kill -9 or a pre-empted node left."""
+    found = [run for status in ("RUNNING", "FAILED") for run in mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"attributes.status = '{status}'")]  # IN (...) is for run ids only
+    found.sort(key=lambda run: run.info.start_time, reverse=True)
+    index: dict[tuple[str, str, str, str, str], list[mlflow.entities.Run]] = {}
+    for run in found:
+        t = run.data.tags
+        if t.get(tags.TAG_STAGE) not in ("pretrain", "adapt", "finetune") or \
+                tags.TAG_FINGERPRINT not in t:
+            continue
+        key = (t[tags.TAG_STAGE], t.get(tags.TAG_SOURCE, ""), t.get(tags.TAG_TARGET, ""),
+               t.get(tags.TAG_SEED, ""), t[tags.TAG_FINGERPRINT])
+        index.setdefault(key, []).append(run)
+    return index
+
+
+def _find_interrupted(run: PlannedRun,
+                      index: dict[tuple[str, str, str, str, str], list[mlflow.entities.Run]],
+                      profile: str) -> str:
+    """The id of the newest interrupted run of this cell that can continue here, or ""."""
+    prefix = (run.stage, run.source, run.target, str(run.seed))
+    if not any(k[:4] == prefix for k in index):
+        return ""
+    from rssc_mlflow import commands
+
+    if not run.fingerprint:
+        run.fingerprint = commands.fingerprint_for(run.stage, source=run.source,
+                                                   target=run.target, profile=profile,
+                                                   seed=run.seed)
+    for candidate in index.get((*prefix, run.fingerprint), []):
+        if commands.can_resume(candidate):
+            return candidate.info.run_id
+    return ""
+
+
 def _find_done(run: PlannedRun, index: dict[tuple[str, str, str, str, str], str],
                profile: str) -> str | None:
     """The id of a FINISHED run equal to `run`, or None (fingerprint computed only if needed)."""
@@ -372,11 +413,14 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 
 def _run_stage(stage: str, source: str, target: str, profile: str, seed: int,
-               log_model_finetune: bool):
-    """One grid cell through `commands` (what `rssc STAGE ...` runs), in this process."""
+               log_model_finetune: bool, resume: str = ""):
+    """One grid cell through `commands` (what `rssc STAGE ...` runs), in this process;
+    `resume`: the id of an interrupted run of it to continue."""
     from rssc_mlflow import commands
 
     params: dict[str, Any] = {"profile": profile, "seed": seed}
+    if resume:
+        params["resume"] = resume
     if stage == "pretrain":
         return commands.pretrain(source, **params)
     if stage == "adapt":
@@ -406,7 +450,7 @@ class _Local:
         started = time.monotonic()
         try:
             result = _run_stage(run.stage, run.source, run.target, self.profile, run.seed,
-                                self.log_model_finetune)
+                                self.log_model_finetune, run.resume_id)
         except Exception as exc:  # noqa: BLE001 - one failure must not stop independent runs
             _failed(run, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
         else:
@@ -424,6 +468,8 @@ class _Local:
         argv += ["--profile", self.profile, "--seed", str(run.seed)]
         if run.stage == "finetune" and not self.log_model_finetune:
             argv.append("--no-log-model")
+        if run.resume_id:
+            argv += ["--resume", run.resume_id]
         return argv
 
     def _subprocesses(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
@@ -517,7 +563,7 @@ class _Workers:
         for number, (executor, queue) in enumerate(zip(self._executors, self.assign(wave)), 1):
             for run in queue:
                 job = (run.stage, run.source, run.target, self.profile, run.seed,
-                       self.log_model_finetune)
+                       self.log_model_finetune, run.resume_id)
                 futures[executor.submit(_worker_run, *job)] = (run, number)
         broken = False
         for future in concurrent.futures.as_completed(futures):
@@ -558,11 +604,11 @@ def _worker_start(log_path: str, tracking_uri: str) -> None:
 
 
 def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
-                log_model_finetune: bool) -> dict[str, Any]:
+                log_model_finetune: bool, resume: str = "") -> dict[str, Any]:
     started = time.monotonic()
     print(f"--- {stage} {source} {target} seed {seed}", flush=True)
     try:
-        result = _run_stage(stage, source, target, profile, seed, log_model_finetune)
+        result = _run_stage(stage, source, target, profile, seed, log_model_finetune, resume)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
         import traceback
 
@@ -770,6 +816,7 @@ def reproduce(
     try:
         for wave in _waves(planned):
             index = finished_runs()  # refreshed per wave: the previous one registered upstreams
+            interrupted = {} if plan_only or backend == "kubernetes" else interrupted_runs()
             todo: list[PlannedRun] = []
             for run in wave:
                 bad = [by_key[k] for k in run.depends_on if by_key[k].status in ("failed", "blocked")]
@@ -792,6 +839,9 @@ def reproduce(
                 elif plan_only:
                     say(run, f"todo: {run.image_steps:,} image-steps, {run.gpu_hours:.2f} GPU-hours")
                 else:
+                    run.resume_id = _find_interrupted(run, interrupted, profile)
+                    if run.resume_id:
+                        say(run, f"continues interrupted run {run.resume_id} from its checkpoint")
                     todo.append(run)
             if todo and not plan_only:
                 runner.run_wave(todo, say)

@@ -169,6 +169,10 @@ def tracked_run(
                 "MLFLOW_TRACKING_URI."
             ) from None
         run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
+        previous = mlflow.MlflowClient().get_run(resume_run_id).data.tags.get(TAG_ERROR)
+        if previous:  # kept for the record, but the run is no longer failing
+            mlflow.set_tag("rssc.previous_error", previous)
+            mlflow.MlflowClient().delete_tag(resume_run_id, TAG_ERROR)
     else:
         experiment_id = None
         if not os.environ.get("MLFLOW_RUN_ID"):

@@ -325,6 +325,14 @@ def _finished(client: MlflowClient) -> list:
         filter_string="attributes.status = 'FINISHED'") if tags.TAG_STAGE in r.data.tags]
 
 
+def _training(client: MlflowClient) -> list:
+    """RUNNING training runs whose checkpoint folder exists (so a re-run can continue them)."""
+    return [r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="attributes.status = 'RUNNING'")
+        if Path(r.data.tags.get(tags.TAG_CHECKPOINT_DIR, "/nonexistent")).is_dir()]
+
+
 def _cell(run) -> tuple[str, str, str, str]:
     t = run.data.tags
     return (t[tags.TAG_STAGE], t[tags.TAG_SOURCE], t[tags.TAG_TARGET], t[tags.TAG_SEED])
@@ -343,16 +351,17 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     started = time.monotonic()
     first = subprocess.Popen([*argv, "--json", str(root / "first.json")], env=env, cwd=root,
                              stdout=subprocess.DEVNULL, stderr=(root / "first.log").open("w"))
-    try:
-        while len(_finished(client)) < 2:
+    try:  # killed with 2 runs FINISHED and a pretrain training (its checkpoint folder made)
+        while len(_finished(client)) < 2 or not _training(client):
             assert first.poll() is None, (root / "first.log").read_text()[-3000:]
             assert time.monotonic() - started < 400, "no two runs finished in time"
-            time.sleep(1.0)
+            time.sleep(0.5)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     before = {r.info.run_id: _cell(r) for r in _finished(client)}
     assert len(before) >= 2
+    (interrupted,) = [r.info.run_id for r in _training(client)]
 
     # The re-run goes through two pooled worker processes (what `rssc demo` uses).
     second = subprocess.run([*argv, "--parallel", "2", "--reuse-models",
@@ -362,6 +371,11 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     report = json.loads((root / "second.json").read_text())
 
     finished = _finished(client)
+    # The interrupted pretrain was continued in the same MLflow run, not started anew.
+    assert interrupted in {r.info.run_id for r in finished}
+    assert "continues interrupted run " + interrupted in second.stderr
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in everything].count("RUNNING") == 0
     cells = [_cell(r) for r in finished]
     planned = [(p["stage"], p["source"], p["target"], str(p["seed"])) for p in report["planned"]]
     assert len(planned) == 6 and sorted(cells) == sorted(planned)  # one FINISHED run each

@@ -1,0 +1,57 @@
+"""`commands`' run lock: an interrupted run is resumable only where its checkpoint folder is
+and only while no process is training it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rssc_mlflow import commands
+from rssc_mlflow.tracking import runs
+
+
+def _run(folder: Path | None, stage: str = "finetune", run_id: str = "abc123"):
+    tags = {runs.TAG_STAGE: stage}
+    if folder is not None:
+        tags[runs.TAG_CHECKPOINT_DIR] = str(folder)
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(tags=tags))
+
+
+def test_resumable_only_with_a_free_local_checkpoint_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints" / "abc123"
+    assert not commands.can_resume(_run(folder))  # another machine's run: no folder here
+    folder.mkdir(parents=True)
+    assert commands.can_resume(_run(folder))
+    assert not commands.can_resume(_run(folder, stage="probe"))  # nothing to resume
+    assert not commands.can_resume(_run(None))  # failed before it had a checkpoint folder
+    with commands._training_lock(folder, "abc123"):
+        assert not commands.can_resume(_run(folder))  # being trained right now
+        with pytest.raises(commands.RunLocked, match=r"Run abc123 is being trained by another "
+                                                     r"process on this machine .*locked"):
+            with commands._training_lock(folder, "abc123"):
+                pass
+    assert commands.can_resume(_run(folder))  # released
+
+
+def test_a_killed_process_releases_its_lock(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from rssc_mlflow import commands
+        with commands._training_lock(Path({str(folder)!r}), "r1"):
+            print("held", flush=True)
+            time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not commands.can_resume(_run(folder, run_id="r1"))
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs
+        holder.wait()
+    assert commands.can_resume(_run(folder, run_id="r1"))
