@@ -111,3 +111,34 @@ def test_run_demo_refuses_too_few_images(tmp_path) -> None:
         demo.run_demo(tmp_path, images_per_class=2)
     with pytest.raises(RsscError, match="at least 37"):
         demo.run_demo(tmp_path, image_size=32)
+
+
+@pytest.mark.slow
+def test_imagenet_standin_trains_saves_and_is_reused(tmp_path, monkeypatch) -> None:
+    """The stand-in for real: a notop file Keras's ResNet-50 loads, with its identity beside it;
+    a second call reuses it instead of training again."""
+    import json
+
+    import keras
+
+    from rssc_mlflow.data.prepare import prepare
+
+    monkeypatch.setenv("RSSC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(demo, "STANDIN_EPOCHS", 1)
+    manual = synth.write_synthetic(tmp_path / "synth", keys=["imagenet100"], images_per_class=5,
+                                   image_size=32, seed=3)
+    prepare("imagenet100", manual["imagenet100"])
+    said: list[str] = []
+    path = demo._imagenet_standin(tmp_path / "weights", said.append)
+    assert path == tmp_path / "weights" / models.IMAGENET_WEIGHTS_FILE
+    info = json.loads(path.with_name(path.name.removesuffix(".h5") + ".json").read_text())
+    assert info["synthetic"] is True and info["epochs"] == 1 and info["dataset"] == "imagenet100"
+    assert any("training ResNet-50 from scratch" in line for line in said)
+    backbone = keras.applications.ResNet50(include_top=False, weights=str(path),
+                                           input_shape=(32, 32, 3), pooling="avg")
+    assert backbone.output_shape == (None, 2048)
+    assert not (tmp_path / "data" / "cache" / "runs").exists() or not any(
+        (tmp_path / "data" / "cache" / "runs").iterdir())  # its image cache is removed
+    said.clear()
+    assert demo._imagenet_standin(tmp_path / "weights", said.append) == path
+    assert said == [f"  reusing {path}"]
