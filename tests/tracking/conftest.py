@@ -93,8 +93,10 @@ def start_mlflow_server(root: Path, backend_store_uri: str, *, extra: list[str] 
            "--artifacts-destination", str(artifacts or root / f"artifacts-{port}"),
            "--serve-artifacts",
            "--workers", "1", *(extra or [])]
+    # No MLflow job runner (7 huey processes per server, for GenAI jobs rssc never submits).
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})}, cwd=root,
+                               env=server_env, cwd=root,
                                start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

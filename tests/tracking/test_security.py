@@ -106,7 +106,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
                          artifacts_destination=str(root / "artifacts"), auth=True)
     log = root / "server.log"
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": USER,
-           "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_KEY}
+           "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_KEY,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as `rssc server` runs it
     process = subprocess.Popen([*cmd, "--workers", "1"], stdout=log.open("w"),
                                stderr=subprocess.STDOUT, env=env, cwd=root,
                                start_new_session=True)  # its uvicorn child stops with it
