@@ -102,8 +102,7 @@ def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, cache_r
     `cache_path`).
     """
     examples = data.prepared.examples()
-    common = dict(crop=settings.image_size, batch_size=settings.batch_size,
-                  preprocessing=preprocessing, seed=settings.seed, label_key=data.label_key)
+    common = _pipeline_args(data, settings, preprocessing)
     train = functools.partial(
         pipeline.make_dataset, pipeline.filter_examples(examples, data.split.train),
         training=True, cache_path=cache_root / "train", num_examples=len(data.split.train), **common)
@@ -118,10 +117,15 @@ def _feature_datasets(data: _Data, settings: RunSettings, preprocessing: str):
     examples = data.prepared.examples()
     return tuple(
         pipeline.make_dataset(pipeline.filter_examples(examples, files), training=False,
-                              crop=settings.image_size, batch_size=settings.batch_size,
-                              preprocessing=preprocessing, cache="none",
-                              num_examples=len(files), label_key=data.label_key)
+                              cache="none", num_examples=len(files),
+                              **_pipeline_args(data, settings, preprocessing))
         for files in (data.split.train, data.split.test))
+
+
+def _pipeline_args(data: _Data, settings: RunSettings, preprocessing: str) -> dict[str, Any]:
+    """What every pipeline of a run shares: crop, batch, preprocessing, seed, label key."""
+    return dict(crop=settings.image_size, batch_size=settings.batch_size,
+                preprocessing=preprocessing, seed=settings.seed, label_key=data.label_key)
 
 
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
