@@ -94,7 +94,7 @@ def _load_data(key: str, role: str, settings: RunSettings) -> _Data:
     return _Data(prepared, split, prepared.spec)
 
 
-def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, cache_root: Path):
+def _datasets(data: _Data, settings: RunSettings, *, cache_root: Path):
     """(training epochs, test batches) for a split: `fit`'s `train` and the evaluation pipeline.
 
     Images are decoded and resized once per run and cached; a disk cache (data larger than
@@ -102,7 +102,7 @@ def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, cache_r
     `cache_path`).
     """
     examples = data.prepared.examples()
-    common = _pipeline_args(data, settings, preprocessing)
+    common = _pipeline_args(data, settings)
     train = functools.partial(
         pipeline.make_dataset, pipeline.filter_examples(examples, data.split.train),
         training=True, cache_path=cache_root / "train", num_examples=len(data.split.train), **common)
@@ -112,20 +112,21 @@ def _datasets(data: _Data, settings: RunSettings, preprocessing: str, *, cache_r
     return train, test
 
 
-def _feature_datasets(data: _Data, settings: RunSettings, preprocessing: str):
+def _feature_datasets(data: _Data, settings: RunSettings):
     """(train, test) evaluation pipelines for feature extraction: one pass each, so no cache."""
     examples = data.prepared.examples()
     return tuple(
         pipeline.make_dataset(pipeline.filter_examples(examples, files), training=False,
                               cache="none", num_examples=len(files),
-                              **_pipeline_args(data, settings, preprocessing))
+                              **_pipeline_args(data, settings))
         for files in (data.split.train, data.split.test))
 
 
-def _pipeline_args(data: _Data, settings: RunSettings, preprocessing: str) -> dict[str, Any]:
-    """What every pipeline of a run shares: crop, batch, preprocessing, seed, label key."""
+def _pipeline_args(data: _Data, settings: RunSettings) -> dict[str, Any]:
+    """What every pipeline of a run shares: crop, batch, seed, label key, and uint8 batches:
+    the model preprocesses them on the accelerator (`models.with_preprocessing`)."""
     return dict(crop=settings.image_size, batch_size=settings.batch_size,
-                preprocessing=preprocessing, seed=settings.seed, label_key=data.label_key)
+                preprocessing=None, seed=settings.seed, label_key=data.label_key)
 
 
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
@@ -262,15 +263,17 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             models.enable_op_determinism()
             mlflow.set_tag("rssc.op_determinism", "true")
         cache_root = config.cache_dir() / "runs" / run_id
-        train, test_ds = _datasets(data, settings, preprocessing, cache_root=cache_root)
+        train, test_ds = _datasets(data, settings, cache_root=cache_root)
         steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
         runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
                       f"{len(data.split.train)} training images, {len(data.split.test)} "
                       f"evaluation images, {settings.epochs} epochs, run {run_id}")
         with strategy.scope():  # a fresh model, or a pooled one reset to the same weights
-            model = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
-                                       source=source, seed=settings.seed,
-                                       run_eagerly=profile.run_eagerly)
+            trainer = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
+                                         source=source, seed=settings.seed,
+                                         run_eagerly=profile.run_eagerly,
+                                         preprocessing=preprocessing)
+        model = models.unwrap(trainer)  # what is saved and logged: float32 input, no wrapper
         kept = checkpoint_dir / UNLOGGED
         how_to_resume = f"rssc {settings.stage} --resume {run_id}"
         if resume and (kept / "complete").exists():
@@ -284,7 +287,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                                              epochs=settings.epochs, warmup_epochs=prof_warmup)
             try:
                 fit_lib.fit(
-                    model, train, test_ds if profile.validate_every_epoch else None,
+                    trainer, train, test_ds if profile.validate_every_epoch else None,
                     epochs=settings.epochs, steps_per_epoch=steps_per_epoch, schedule=schedule,
                     checkpoint_dir=checkpoint_dir if profile.checkpoint_every_epoch else None,
                     log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
@@ -298,7 +301,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                     f"The tracking server at {mlflow.get_tracking_uri()} stopped answering "
                     f"during training of run {run_id}; {backup}. When the server is back, "
                     f"`{how_to_resume}` continues the run.") from exc
-            probs, y_true = fit_lib.predict_with_labels(model, test_ds)
+            probs, y_true = fit_lib.predict_with_labels(trainer, test_ds)
         try:
             final, name, version = _log_results(
                 model, spec, y_true, probs, test_ds, settings, data, register_as=register_as,
@@ -376,7 +379,8 @@ def _log_results(model, spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray
     final = _log_evaluation(spec, y_true, probs)
     name = version = ""
     if register_as or log_model:
-        sample = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
+        raw = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
+        sample = pipeline.preprocess(raw, preprocessing)  # the logged model's own input
         signature = infer_signature(sample.numpy(), np.asarray(model(sample, training=False)))
         models.set_precision("float32")  # logging must not depend on the training policy
         if register_as:
@@ -489,8 +493,9 @@ def _features(settings: RunSettings, data: _Data, source: registry.ResolvedSourc
             return {k: npz[k] for k in npz.files}
     models.set_precision(settings.precision)
     backbone = model_pool.feature_extractor(crop=settings.image_size, source=source,
-                                            num_classes=data.spec.num_classes, task=data.spec.task)
-    train_ds, test_ds = _feature_datasets(data, settings, preprocessing)
+                                            num_classes=data.spec.num_classes, task=data.spec.task,
+                                            preprocessing=preprocessing)
+    train_ds, test_ds = _feature_datasets(data, settings)
     runs.announce(f"extracting features of {len(data.split.train) + len(data.split.test)} images")
     train_x, train_y = transfer.extract_features(backbone, train_ds)
     test_x, test_y = transfer.extract_features(backbone, test_ds)

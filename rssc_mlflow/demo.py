@@ -204,13 +204,14 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
     # Keras's weights were trained on mean-subtracted images.
     preprocessing = models.preprocessing_for("imagenet")
     cache_root = config.cache_dir() / "runs" / "demo-imagenet-standin"
-    train, test_ds = commands._datasets(data, settings, preprocessing, cache_root=cache_root)
+    train, test_ds = commands._datasets(data, settings, cache_root=cache_root)  # uint8
     steps = -(-len(data.split.train) // settings.batch_size)
     say(f"  training ResNet-50 from scratch on the synthetic {STANDIN_KEY}: "
         f"{len(data.split.train)} images, {settings.epochs} epochs, seed {settings.seed}")
     model = model_pool.acquire(data.spec.num_classes, data.spec.task, crop=settings.image_size,
                                source=registry.resolve_source("scratch", profile=DEMO_PROFILE),
-                               seed=settings.seed, run_eagerly=profile.run_eagerly)
+                               seed=settings.seed, run_eagerly=profile.run_eagerly,
+                               preprocessing=preprocessing)
     schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch"), steps_per_epoch=steps,
                                      epochs=settings.epochs,
                                      warmup_epochs=min(settings.epochs, profile.warmup_epochs))
@@ -224,7 +225,7 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:  # never leave a half-written file
         partial = Path(tmp) / path.name
-        models.save_notop_weights(model, partial)
+        models.save_notop_weights(models.unwrap(model), partial)
         partial.replace(path)
     info = {
         "synthetic": True,

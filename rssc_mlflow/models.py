@@ -1,9 +1,12 @@
 """ResNet-50 classifiers and the primitives to load, check and save pre-trained backbones.
 
 The network is the paper's: Keras's ResNet-50 v1 without its top, global average pooling, and
-one Dense layer (softmax for single-label, sigmoid for multi-label). Input preprocessing happens
-in the data pipeline, never inside the model, so saved models hold no Lambda layers and load in
-Keras's safe mode.
+one Dense layer (softmax for single-label, sigmoid for multi-label). Saved and registered models
+take preprocessed float32 input and hold no preprocessing layer, so they load in Keras's safe
+mode without this package. Training and feature extraction feed uint8 batches to a wrapper
+(`with_preprocessing`: uint8 -> `Preprocess` -> the model) so that the preprocessing runs on
+the accelerator, not in the input pipeline; the wrapper shares the model's weights and is never
+saved as a model.
 
 Layout of a classifier built here (and of any model after `replace_head`):
 
@@ -31,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from rssc_mlflow import protocol
+from rssc_mlflow.data import pipeline
 from rssc_mlflow.errors import ModelError
 
 Task = Literal["single", "multi"]
@@ -106,6 +110,42 @@ def build_classifier(
     inputs = keras.Input(shape=(crop, crop, 3), name="image")
     features = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(backbone(inputs))
     return keras.Model(inputs, head(features), name=name)
+
+
+class Preprocess(keras.layers.Layer):
+    """uint8 images -> float32 network input (`pipeline.preprocess`), inside the traced step.
+
+    Always float32, whatever the dtype policy: the same arithmetic as the pipeline's, so a run
+    is bit-identical either way; the next layer casts to the compute dtype as before.
+    """
+
+    def __init__(self, mode: str, **kwargs: Any):
+        if mode not in protocol.PREPROCESSING_MODES:
+            raise ValueError(f"Unknown preprocessing {mode!r}. Choose one of: "
+                             f"{', '.join(protocol.PREPROCESSING_MODES)}.")
+        super().__init__(dtype="float32", **kwargs)
+        self.mode = mode
+
+    def call(self, images: Any) -> Any:
+        return pipeline.preprocess(images, self.mode)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+def with_preprocessing(model: keras.Model, mode: str) -> keras.Model:
+    """uint8 images -> `Preprocess(mode)` -> `model`: the same weights, for uint8 pipelines
+    (`pipeline.make_dataset(preprocessing=None)`). `unwrap` gives `model` back."""
+    inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype="uint8", name="image_uint8")
+    outputs = model(Preprocess(mode, name="preprocess")(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_uint8")
+
+
+def unwrap(model: keras.Model) -> keras.Model:
+    """The model inside a `with_preprocessing` wrapper; any other model as it is."""
+    if len(model.layers) == 3 and isinstance(model.layers[1], Preprocess):
+        return model.layers[2]
+    return model
 
 
 def _find_core(model: keras.Model) -> keras.Model | None:

@@ -241,3 +241,34 @@ def test_make_strategy() -> None:
     assert isinstance(models.make_strategy("auto"), tf.distribute.Strategy)
     with pytest.raises(ValueError):
         models.make_strategy("tpu")  # type: ignore[arg-type]
+
+
+def test_with_preprocessing_runs_the_pipeline_arithmetic_inside_the_model(
+        classifier: keras.Model) -> None:
+    from rssc_mlflow.data import pipeline
+
+    x8 = np.random.default_rng(2).integers(0, 256, (2, CROP, CROP, 3), dtype=np.uint8)
+    for mode in ("unit", "imagenet-rgb", "imagenet-caffe"):
+        wrapped = models.with_preprocessing(classifier, mode)
+        assert wrapped.inputs[0].dtype == "uint8"
+        assert models.unwrap(wrapped) is classifier
+        assert wrapped.weights == classifier.weights  # shared, not copied
+        expected = run(classifier, pipeline.preprocess(tf.constant(x8), mode).numpy())
+        np.testing.assert_array_equal(run(wrapped, x8), expected)
+    assert models.unwrap(classifier) is classifier
+    with pytest.raises(ValueError, match="Unknown preprocessing 'torch'"):
+        models.Preprocess("torch")
+
+
+def test_with_preprocessing_keeps_float32_input_under_mixed_precision(
+        classifier: keras.Model) -> None:
+    """The means are subtracted in float32 before the first conv casts: as in the pipeline."""
+    try:
+        models.set_precision("mixed")
+        layer = models.Preprocess("imagenet-rgb")
+        out = layer(tf.constant(np.full((1, 2, 2, 3), 200, np.uint8)))
+        assert out.dtype == tf.float32
+        np.testing.assert_allclose(out.numpy()[0, 0, 0], 200 - np.asarray(
+            models.protocol.IMAGENET_MEANS_RGB, np.float32), rtol=0, atol=0)
+    finally:
+        models.set_precision("float32")

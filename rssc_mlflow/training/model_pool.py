@@ -3,7 +3,7 @@
 Tracing a new Keras ResNet-50 train step into a TensorFlow graph costs ~15-30 s on a CPU, more
 than a whole demo run trains. A pool keeps one compiled classifier per
 
-    (num_classes, task, crop, dtype policy, run_eagerly, distribution strategy)
+    (num_classes, task, crop, dtype policy, run_eagerly, distribution strategy, preprocessing)
 
 and hands it out again *reset*, so its traced train/predict functions are reused:
 
@@ -115,8 +115,9 @@ def stats() -> dict[str, Any]:
 
 
 def _describe(key: tuple) -> str:
-    num_classes, task, crop, policy, eager, strategy = key
-    return f"{num_classes}-{task}-{crop}px-{policy}{'-eager' if eager else ''}-{strategy}"
+    num_classes, task, crop, policy, eager, strategy, preprocessing = key
+    return (f"{num_classes}-{task}-{crop}px-{policy}{'-eager' if eager else ''}-{strategy}"
+            f"{'-uint8-' + preprocessing if preprocessing else ''}")
 
 
 # --- Seeds --------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def _strategy() -> str:
 
 
 def _backbone_layer(model: keras.Model) -> keras.Model:
-    return model.get_layer(models.BACKBONE_NAME)
+    return models.unwrap(model).get_layer(models.BACKBONE_NAME)
 
 
 def _snapshot(variables: list) -> list[np.ndarray]:
@@ -232,7 +233,7 @@ def _source_arrays(model: keras.Model, source) -> list[np.ndarray] | None:
     if cached is not None:
         _state.sources.move_to_end(key)
         return cached
-    source.backbone_into(model)
+    source.backbone_into(models.unwrap(model))
     arrays = _snapshot(_backbone_layer(model).weights)
     if _max_sources():
         _state.sources[key] = arrays
@@ -268,20 +269,29 @@ def _load_source(model: keras.Model, source, assign: Any = None) -> None:
 # --- Classifiers -------------------------------------------------------------------------------
 
 
+def _wrap(model: keras.Model, preprocessing: str | None) -> keras.Model:
+    return model if preprocessing is None else models.with_preprocessing(model, preprocessing)
+
+
 def _fresh(num_classes: int, task: str, *, crop: int, source, seed: int,
-           run_eagerly: bool) -> keras.Model:
+           run_eagerly: bool, preprocessing: str | None) -> keras.Model:
     set_random_seed(seed)
     model = models.build_classifier(num_classes, task, crop=crop)
     source.backbone_into(model)
+    model = _wrap(model, preprocessing)
     fit_lib.compile_model(model, task=task, run_eagerly=run_eagerly)
     return model
 
 
 def _new_entry(key: tuple, num_classes: int, task: str, crop: int, seed: int,
-               run_eagerly: bool) -> _Entry:
+               run_eagerly: bool, preprocessing: str | None) -> _Entry:
     set_random_seed(seed)
-    model = models.build_classifier(num_classes, task, crop=crop)
-    initial = _share_backbone(_snapshot(model.weights), len(_backbone_layer(model).weights))
+    classifier = models.build_classifier(num_classes, task, crop=crop)
+    initial = _share_backbone(_snapshot(classifier.weights),
+                              len(_backbone_layer(classifier).weights))
+    model = _wrap(classifier, preprocessing)  # the same variables, in the same order
+    if not all(a is b for a, b in zip(model.weights, classifier.weights)):
+        raise ValueError("pool: the wrapper's weights are not the classifier's")
     fit_lib.compile_model(model, task=task, run_eagerly=run_eagerly)
     model.optimizer.build(model.trainable_variables)
     optimizer_initial = [None if not np.any(a) else a
@@ -315,21 +325,24 @@ def _make_reset(entry: _Entry) -> Any:
 
 
 def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
-            run_eagerly: bool = False) -> keras.Model:
+            run_eagerly: bool = False, preprocessing: str | None = None) -> keras.Model:
     """A compiled classifier whose weights are those of a fresh one for `seed` and `source`.
 
     `source` is a `registry.ResolvedSource`. With the pool enabled the model is a pooled one,
     reset (weights, optimizer state, epoch counters); else a new model is built. Either way
     the model is compiled with `fit.compile_model` and trains with `fit.fit`; call it inside
-    the distribution strategy's scope and after `models.set_precision`.
+    the distribution strategy's scope and after `models.set_precision`. With `preprocessing`
+    the compiled model is `models.with_preprocessing(classifier, preprocessing)`, for uint8
+    batches; `models.unwrap` gives the classifier (to save or log).
     """
     if not _enabled:
         return _fresh(num_classes, task, crop=crop, source=source, seed=seed,
-                      run_eagerly=run_eagerly)
-    key = (int(num_classes), task, int(crop), _policy(), bool(run_eagerly), _strategy())
+                      run_eagerly=run_eagerly, preprocessing=preprocessing)
+    key = (int(num_classes), task, int(crop), _policy(), bool(run_eagerly), _strategy(),
+           preprocessing)
     entry = _state.classifiers.get(key)
     if entry is None:  # a new model holds the seeded initial weights already
-        entry = _new_entry(key, num_classes, task, crop, seed, run_eagerly)
+        entry = _new_entry(key, num_classes, task, crop, seed, run_eagerly, preprocessing)
         model = entry.model
         _load_source(model, source)
     else:
@@ -359,21 +372,22 @@ def train_function_of(model: keras.Model) -> Any:
 # --- Feature extraction ------------------------------------------------------------------------
 
 
-def feature_extractor(*, crop: int, source, num_classes: int = 1,
-                      task: str = "single") -> keras.Model:
+def feature_extractor(*, crop: int, source, num_classes: int = 1, task: str = "single",
+                      preprocessing: str | None = None) -> keras.Model:
     """input -> 2048-d pooled features of `source`'s backbone (`models.backbone_of`).
 
-    Pooled: one backbone per (crop, dtype policy), so predict is traced once. Disabled: a
-    fresh classifier for (num_classes, task) with the source's backbone, as a run builds it.
+    Pooled: one backbone per (crop, dtype policy, preprocessing), so predict is traced once.
+    Disabled: a fresh classifier for (num_classes, task) with the source's backbone, as a run
+    builds it. With `preprocessing` the input is uint8 (`models.with_preprocessing`).
     """
     if not _enabled:
         model = models.build_classifier(num_classes, task, crop=crop)
         source.backbone_into(model)
-        return models.backbone_of(model)
-    key = (int(crop), _policy(), _strategy())
+        return _wrap(models.backbone_of(model), preprocessing)
+    key = (int(crop), _policy(), _strategy(), preprocessing)
     if key not in _state.extractors:
         model = models.build_classifier(1, "single", crop=crop)
-        _state.extractors[key] = (model, models.backbone_of(model),
+        _state.extractors[key] = (model, _wrap(models.backbone_of(model), preprocessing),
                                   _assigner(_backbone_layer(model).weights))
     model, backbone, assign = _state.extractors[key]
     _load_source(model, source, assign)

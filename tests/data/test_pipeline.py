@@ -282,3 +282,21 @@ def test_filter_examples_keeps_listed_in_order() -> None:
                                preprocessing="unit")
     assert _collect(ds)[0].shape[0] == 2
     assert int(ds.cardinality()) == 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mode", PREPROCESSING_MODES)
+def test_uint8_batches_preprocessed_later_equal_the_float_pipeline(training: bool,
+                                                                   mode: str) -> None:
+    """`preprocessing=None` (what runs use): the same crops, flips and order, as uint8;
+    preprocessing them afterwards (in the model) gives the float pipeline's batches exactly."""
+    examples = _examples(_images(7))
+    common = dict(training=training, crop=CROP, batch_size=3, cache="memory", seed=11,
+                  epochs=2 if training else 1, deterministic=True)
+    raw = list(pipeline.make_dataset(examples, preprocessing=None, **common))
+    done = list(pipeline.make_dataset(examples, preprocessing=mode, **common))
+    assert len(raw) == len(done) == (6 if training else 3)
+    for (x8, y8), (xf, yf) in zip(raw, done):
+        assert x8.dtype == tf.uint8
+        np.testing.assert_array_equal(y8.numpy(), yf.numpy())
+        np.testing.assert_array_equal(pipeline.preprocess(x8, mode).numpy(), xf.numpy())

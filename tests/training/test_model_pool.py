@@ -43,12 +43,12 @@ def sources(weight_file, monkeypatch):
     return {ref: registry.resolve_source(ref, profile="smoke") for ref in ("scratch", "imagenet")}
 
 
-def _train(data, tmp_path: Path, source, seed: int, tag: str):
+def _train(data, tmp_path: Path, source, seed: int, tag: str, preprocessing: str | None = None):
     x, y = data
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
     epochs_of = lambda first_epoch, epochs: ds.repeat(epochs)  # noqa: E731 - same batches
     model = model_pool.acquire(CLASSES, "single", crop=CROP, source=source, seed=seed,
-                               run_eagerly=True)
+                               run_eagerly=True, preprocessing=preprocessing)
     assert int(model.optimizer.iterations.numpy()) == 0
     schedule = fit_lib.make_schedule(peak_lr=3e-3, steps_per_epoch=IMAGES // BATCH,
                                      epochs=EPOCHS, warmup_epochs=1)
@@ -117,3 +117,36 @@ def test_pooled_feature_extractor(data, sources) -> None:
         assert model_pool.feature_extractor(crop=CROP, source=sources["imagenet"]) is pooled
         pooled.predict(x, verbose=0)
         assert pooled.predict_function is predict_function
+
+
+def test_uint8_runs_with_preprocessing_in_the_model_equal_float_runs(sources, tmp_path) -> None:
+    """What commands do: uint8 batches into `with_preprocessing`, pooled or not, train exactly
+    like preprocessed float32 batches into the bare classifier."""
+    from rssc_mlflow.data import pipeline
+
+    rng = np.random.default_rng(3)
+    x8 = rng.integers(0, 256, (IMAGES, CROP, CROP, 3), dtype=np.uint8)
+    y = np.arange(IMAGES) % CLASSES
+    xf = pipeline.preprocess(tf.constant(x8), "imagenet-rgb").numpy()
+    source = sources["imagenet"]
+    floats = _train((xf, y), tmp_path, source, 42, "float")
+    fresh = _train((x8, y), tmp_path, source, 42, "uint8", preprocessing="imagenet-rgb")
+    assert models.unwrap(fresh[0]) is not fresh[0]
+    _, w_float, logged_float, _ = floats
+    _, w_uint8, logged_uint8, _ = fresh
+    assert logged_uint8 == logged_float
+    for a, b in zip(w_uint8, w_float, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with model_pool.enabled():
+        _train((x8, y), tmp_path, sources["scratch"], 7, "pool-1", preprocessing="imagenet-rgb")
+        pooled = _train((x8, y), tmp_path, source, 42, "pool-2", preprocessing="imagenet-rgb")
+        assert list(model_pool.stats()["classifiers"]) == [
+            f"{CLASSES}-single-{CROP}px-float32-eager-_DefaultDistributionStrategyx1"
+            "-uint8-imagenet-rgb"]
+        extractor = model_pool.feature_extractor(crop=CROP, source=source,
+                                                 preprocessing="imagenet-rgb")
+        np.testing.assert_array_equal(
+            np.asarray(extractor.predict(x8, verbose=0)),
+            np.asarray(model_pool.feature_extractor(crop=CROP, source=source).predict(
+                xf, verbose=0)))
+    _same(pooled, fresh)
