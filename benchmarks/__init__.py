@@ -194,31 +194,33 @@ def suite_examples(images: int) -> tuple[Any, int, int]:
 
 
 def train_dataset(examples: Any, n: int, crop: int, batch: int, **kwargs: Any) -> Any:
-    """Our training pipeline (augmented, cached) over `examples`, as `fit` takes it."""
+    """Our training pipeline (augmented, cached, uint8 batches) over `examples`, as `commands`
+    gives it to `fit`: the model preprocesses (`new_model`)."""
     import functools
 
     from rssc_mlflow.data import pipeline
 
     return functools.partial(pipeline.make_dataset, examples, training=True, crop=crop,
-                             batch_size=batch, preprocessing=PREPROCESSING, num_examples=n,
-                             **kwargs)
+                             batch_size=batch, preprocessing=None, num_examples=n, **kwargs)
 
 
 def in_memory(examples: Any, n: int, crop: int) -> tuple[Any, Any]:
-    """The same images as float32 tensors [n, crop, crop, 3] (central crops) and labels."""
+    """The same images as uint8 tensors [n, crop, crop, 3] (central crops) and labels: what
+    `new_model`'s models take, so both sides run the same traced step."""
     import tensorflow as tf
 
     from rssc_mlflow.data import pipeline
 
     ds = pipeline.make_dataset(examples, training=False, crop=crop, batch_size=64,
-                               preprocessing=PREPROCESSING, num_examples=n, cache="none")
+                               preprocessing=None, num_examples=n, cache="none")
     xs, ys = zip(*[(x, y) for x, y in ds])
     return tf.concat(xs, 0), tf.concat(ys, 0)
 
 
 def new_model(classes: int, crop: int, n: int, batch: int, epochs: int,
               small: bool = False) -> tuple[Any, Any]:
-    """A compiled ResNet-50 classifier (random init) and its learning-rate schedule.
+    """A compiled ResNet-50 classifier (random init) for uint8 input, as `commands` trains it
+    (`models.with_preprocessing`; `models.unwrap` gives the classifier), and its schedule.
 
     `small` (and every model of a smoke run) is a one-conv network with the same input,
     "avg_pool" and "predictions" layers instead: cheap, for what does not measure the model.
@@ -237,6 +239,7 @@ def new_model(classes: int, crop: int, n: int, batch: int, epochs: int,
         model = keras.Model(inputs, outputs, name="smoke")
     else:
         model = models.build_classifier(classes, "single", crop=crop)
+    model = models.with_preprocessing(model, PREPROCESSING)
     fit.compile_model(model, task="single")
     schedule = fit.make_schedule(peak_lr=3e-4, steps_per_epoch=-(-n // batch), epochs=epochs,
                                  warmup_epochs=0)

@@ -1,9 +1,10 @@
 """Feature extraction: ours vs `predict` on in-memory tensors.
 
 Ours: `rssc_mlflow.training.transfer.extract_features` over the evaluation pipeline of
-`make_dataset`, cold: the images are decoded during the pass, since features are extracted
-once per dataset (the pass also collects the labels, as the package does). Ceiling:
-`backbone.predict` on the same central crops already in memory as float32 tensors. The predict
+`make_dataset` (uint8, uncached, as `commands` extracts), cold: the images are decoded during
+the pass, since features are extracted once per dataset (the pass also collects the labels, as
+the package does). Ceiling: `backbone.predict` on the same central crops already in memory as
+uint8 tensors (the backbone preprocesses them in both cases: `models.with_preprocessing`). The predict
 function is traced before either is timed. The backbone has ImageNet weights when
 `models.imagenet_weights_path()` finds them, else its random initialisation. Our features are
 saved for the linear probe (`measured` runs the child once per suite run).
@@ -33,11 +34,14 @@ def _backbone(classes: int, crop: int, batch: int) -> tuple[Any, str]:
     from rssc_mlflow.errors import ModelError
 
     model, _ = new_model(classes, crop, 1, batch, 1)
+    classifier = models.unwrap(model)
     try:
-        models.load_backbone_weights(model, models.imagenet_weights_path())
-        return models.backbone_of(model), "ImageNet"
+        models.load_backbone_weights(classifier, models.imagenet_weights_path())
+        weights = "ImageNet"
     except ModelError:
-        return models.backbone_of(model), "random-init"
+        weights = "random-init"
+    # As `model_pool.feature_extractor` gives it to `extract`: uint8 in, preprocessing inside.
+    return models.with_preprocessing(models.backbone_of(classifier), PREPROCESSING), weights
 
 
 def measure(crop: int, images: int, batch: int, save: str) -> dict[str, Any]:
@@ -54,7 +58,7 @@ def measure(crop: int, images: int, batch: int, save: str) -> dict[str, Any]:
     backbone.predict(x, batch_size=batch, verbose=0)
     ceiling = n / (time.perf_counter() - t0)
     ds = pipeline.make_dataset(examples, training=False, crop=crop, batch_size=batch,
-                               preprocessing=PREPROCESSING, num_examples=n)
+                               preprocessing=None, num_examples=n, cache="none")
     t0 = time.perf_counter()
     features, labels = transfer.extract_features(backbone, ds)
     ours = n / (time.perf_counter() - t0)

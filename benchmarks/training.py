@@ -1,9 +1,10 @@
 """Training: images/s of a real Keras fit through our pipeline vs fit on in-memory tensors.
 
 Ours: `rssc_mlflow.training.fit.fit` (the package's loop: per-step learning rate, per-epoch
-logger) on `make_dataset`'s augmented, cached pipeline. Ceiling: `model.fit` on the same images
-already in memory as float32 tensors (central crops, no augmentation), same model, same
-callbacks, same batch. The first epoch (tracing, cache filling) is not timed. A second child
+logger) on `make_dataset`'s augmented, cached pipeline of uint8 batches, into the model that
+preprocesses them (`models.with_preprocessing`), as `commands` trains. Ceiling: `model.fit` on
+the same images already in memory as uint8 tensors (central crops, no augmentation), same
+model and traced step, same callbacks, same batch. The first epoch (tracing, cache filling) is not timed. A second child
 trains through our pipeline under the mixed policy (`models.set_precision("mixed")`:
 mixed_bfloat16 on CPU, mixed_float16 on a GPU) to compare with float32.
 """
