@@ -17,7 +17,10 @@ bytes. `commands` trains this way; the result is the same arithmetic, bit for bi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,6 +126,16 @@ def choose_cache(cache: str, cached_bytes: int) -> str:
     return "memory" if cached_bytes <= config.cache_memory_mb() * 2**20 else "disk"
 
 
+def shuffle_buffer_size(cache_mode: str, n: int, side: int) -> int:
+    """Images the training shuffle holds: all `n` when they are cached in memory anyway; else
+    a third of what `config.cache_memory_mb()` holds of `side`-px uint8 images, because
+    buffered images cost ~1.8x their size in the allocator and decoding, batching and
+    prefetching need room too (docs/PERFORMANCE.md, memory)."""
+    if cache_mode == "memory":
+        return max(1, n)
+    return max(1, min(n, config.cache_memory_mb() * 2**20 // (3 * side * side * 3)))
+
+
 def _disk_cache_path(cache_path: Path | None, training: bool, side: int, n: int) -> str:
     if cache_path is None:
         # No identity given: a fresh folder, so a stale cache of other images is never read.
@@ -149,6 +162,32 @@ def _remove_incomplete_cache(prefix: str) -> None:
     for leftover in folder.glob(f"{name}_*"):
         if leftover.name.endswith(".lockfile") or ".tempstate" in leftover.name:
             leftover.unlink(missing_ok=True)
+
+
+_MALLOC_MMAP_THRESHOLD = 200 * 1024
+_malloc_fixed = False
+
+
+def _fix_malloc_mmap_threshold() -> None:
+    """Make glibc map blocks of 200 KiB and more on their own (disk-cached data only).
+
+    glibc raises its mmap threshold each time a large block is freed, after which decode
+    buffers (~1 MB per image) and the shuffle buffer's images (256 KiB at crop 256) come from
+    per-thread arenas that keep their peak and fragment: a disk-cached dataset held about 2x
+    the memory it used. A fixed threshold (which stops the raising) returns such blocks to
+    the OS on free; crops (192 KiB) and smaller stay in the arenas, where they are fast. It
+    costs ~25% of the pipeline's images/s on a CPU (docs/PERFORMANCE.md, memory), which is
+    why in-memory datasets do not use it. Process-wide; Linux/glibc only.
+    """
+    global _malloc_fixed
+    if _malloc_fixed or not sys.platform.startswith("linux"):
+        return
+    _malloc_fixed = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, _MALLOC_MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def _mkdir(path: Path) -> Path:
@@ -218,12 +257,11 @@ def make_dataset(
         ds = ds.cache()
     elif mode == "disk":
         ds = ds.cache(_disk_cache_path(cache_path, training, side, n))
+        _fix_malloc_mmap_threshold()
 
     if training:
         if shuffle_buffer is None:
-            # Whole dataset when it is in memory anyway; else what the memory budget holds.
-            budget = max(1, config.cache_memory_mb() * 2**20 // (side * side * 3))
-            shuffle_buffer = n if mode == "memory" else min(n, budget)
+            shuffle_buffer = shuffle_buffer_size(mode, n, side)
         shuffle_seed = _derive(seed, "shuffle")
         augment_seed = _derive(seed, "augment")
         batches_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)

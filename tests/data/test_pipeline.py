@@ -300,3 +300,27 @@ def test_uint8_batches_preprocessed_later_equal_the_float_pipeline(training: boo
         assert x8.dtype == tf.uint8
         np.testing.assert_array_equal(y8.numpy(), yf.numpy())
         np.testing.assert_array_equal(pipeline.preprocess(x8, mode).numpy(), xf.numpy())
+
+
+def test_shuffle_buffer_is_a_third_of_the_memory_budget_for_disk_caches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RSSC_CACHE_MEMORY_MB", "300")
+    image = 292 * 292 * 3  # bytes of one cached image at crop 256
+    assert pipeline.shuffle_buffer_size("disk", 100_000, 292) == 300 * 2**20 // (3 * image)
+    assert pipeline.shuffle_buffer_size("disk", 100_000, 292) == 409  # by hand: 100 MiB / 255,792 B = 409.9
+    assert pipeline.shuffle_buffer_size("disk", 50, 292) == 50  # never more than the data
+    assert pipeline.shuffle_buffer_size("none", 100_000, 292) == 409
+    assert pipeline.shuffle_buffer_size("memory", 100_000, 292) == 100_000
+
+
+def test_disk_cache_fixes_the_malloc_mmap_threshold(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(pipeline, "_fix_malloc_mmap_threshold", lambda: calls.append(1))
+    for cache in ("memory", "none"):
+        pipeline.make_dataset(_examples(_images(3)), training=True, crop=CROP, batch_size=3,
+                              preprocessing=None, cache=cache)
+    assert calls == []  # in-memory data keeps glibc's faster default
+    pipeline.make_dataset(_examples(_images(3)), training=True, crop=CROP, batch_size=3,
+                          preprocessing=None, cache="disk", cache_path=tmp_path / "c")
+    assert calls == [1]
