@@ -69,7 +69,7 @@ def measure(crop: int, images: int, batch: int, epochs: int, repeats: int) -> di
 
 def run(opts: Options) -> list[Row]:
     r = child(opts, "tracking", "measure", crop=opts.train_crop, images=opts.train_images,
-              batch=opts.batch, epochs=opts.epochs, repeats=2)
+              batch=opts.batch, epochs=opts.epochs, repeats=3)
     overhead = 100 * (r["tracked_s"] / r["plain_s"] - 1)
     return [Row("tracking overhead, MLflow run vs none", r["tracked_s"], r["plain_s"], "s",
                 overhead, f"<= {TARGET:g} %", overhead <= TARGET,
