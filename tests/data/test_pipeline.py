@@ -324,3 +324,17 @@ def test_disk_cache_fixes_the_malloc_mmap_threshold(monkeypatch: pytest.MonkeyPa
     pipeline.make_dataset(_examples(_images(3)), training=True, crop=CROP, batch_size=3,
                           preprocessing=None, cache="disk", cache_path=tmp_path / "c")
     assert calls == [1]
+
+
+def test_augment_draws_the_eight_symmetries_of_the_square_uniformly() -> None:
+    """What flips + rot90 by k in 0..3 give: each symmetry with probability 1/8."""
+    image = _images(1, size=(CROP, CROP))[0]  # crop = image: the crop offset is always 0
+    symmetries = _dihedral(image)
+    assert len({t.tobytes() for t in symmetries}) == 8
+    draws = 1600
+    counts = np.zeros(8, int)
+    for s in range(draws):
+        out = pipeline.augment(tf.constant(image), CROP, tf.constant([s, 99])).numpy()
+        counts[[np.array_equal(out, t) for t in symmetries].index(True)] += 1
+    # Binomial(1600, 1/8): mean 200, sd 13.2; 5 sd either side fails a broken draw only.
+    assert counts.min() > 200 - 66 and counts.max() < 200 + 66, counts
