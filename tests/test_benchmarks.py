@@ -52,3 +52,21 @@ def test_a_measurement_runs_in_a_child_process(tmp_path: Path) -> None:
     # A figure is reported (its size depends on what the child imports: 0.3-1.2 GB seen).
     assert 0 < result["peak_rss_mb"] < 16_000
     assert (tmp_path / "logs" / "prepare.baseline.log").is_file()
+
+
+def test_gpu_check_script_runs_the_real_pipeline_and_fit_on_a_cpu() -> None:
+    """benchmarks/gpu_check.sh at toy sizes, pipeline and float32 fit (the XLA configurations
+    only differ by a flag and take minutes to compile on a CPU): every row has a rate."""
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, "IMAGES": "16", "EPOCHS": "1", "CROP": "32",
+           "BATCH": "8", "LIMIT": "240", "CONFIGS": "pipeline float32"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert "FAILED" not in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in lines[1:]}
+    assert set(rows) == {"synthetic data + prepare (s)", "input pipeline ceiling (CPUs)",
+                         "fit, float32, no XLA"}, lines
+    assert all(float(rate.replace(",", "")) > 0 for rate in rows.values()), rows
