@@ -21,10 +21,16 @@ from rssc_mlflow.training import model_pool
 
 
 def extract_features(backbone: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """2048-d pooled features and labels for every element of a finite (images, labels) dataset."""
-    features = backbone.predict(ds.map(lambda x, y: x), verbose=0)
-    labels = np.concatenate([y.numpy() for _, y in ds])
-    return np.asarray(features, dtype=np.float32), labels
+    """2048-d pooled features and labels for every element of a finite (images, labels) dataset.
+
+    One pass: the extraction pipeline is not cached (`commands`), so reading it a second time
+    for the labels would decode every image twice.
+    """
+    features, labels = [], []
+    for x, y in ds:
+        features.append(np.asarray(backbone.predict_on_batch(x), dtype=np.float32))
+        labels.append(y.numpy())
+    return np.concatenate(features), np.concatenate(labels)
 
 
 @dataclasses.dataclass
