@@ -4,7 +4,9 @@ Ours: `rssc_mlflow.training.transfer.extract_features` over the evaluation pipel
 `make_dataset` (uint8, uncached, as `commands` extracts), cold: the images are decoded during
 the pass, since features are extracted once per dataset (the pass also collects the labels, as
 the package does). Ceiling: `backbone.predict` on the same central crops already in memory as
-uint8 tensors (the backbone preprocesses them in both cases: `models.with_preprocessing`). The predict
+uint8 tensors (the backbone preprocesses them in both cases: `models.with_preprocessing`).
+Two alternating passes of each, the fastest compared: single passes on the shared machine
+gave 1.32, 1.28 and 0.69 in three runs of the suite. The predict
 function is traced before either is timed. The backbone has ImageNet weights when
 `models.imagenet_weights_path()` finds them, else its random initialisation. Our features are
 saved for the linear probe (`measured` runs the child once per suite run).
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
-    PREPROCESSING, Options, Row, child, child_main, in_memory, new_model, suite_examples,
+    PREPROCESSING, Options, Row, child, child_main, fmt, in_memory, new_model, suite_examples,
 )
 
 NAME = "extraction"
@@ -44,7 +46,7 @@ def _backbone(classes: int, crop: int, batch: int) -> tuple[Any, str]:
     return models.with_preprocessing(models.backbone_of(classifier), PREPROCESSING), weights
 
 
-def measure(crop: int, images: int, batch: int, save: str) -> dict[str, Any]:
+def measure(crop: int, images: int, batch: int, save: str, repeats: int = 2) -> dict[str, Any]:
     import numpy as np
 
     from rssc_mlflow.data import pipeline
@@ -54,16 +56,19 @@ def measure(crop: int, images: int, batch: int, save: str) -> dict[str, Any]:
     backbone, weights = _backbone(classes, crop, batch)
     x, _ = in_memory(examples, n, crop)
     backbone.predict(x[:batch + 1], batch_size=batch, verbose=0)  # trace: full, partial batch
-    t0 = time.perf_counter()
-    backbone.predict(x, batch_size=batch, verbose=0)
-    ceiling = n / (time.perf_counter() - t0)
     ds = pipeline.make_dataset(examples, training=False, crop=crop, batch_size=batch,
                                preprocessing=None, num_examples=n, cache="none")
-    t0 = time.perf_counter()
-    features, labels = transfer.extract_features(backbone, ds)
-    ours = n / (time.perf_counter() - t0)
+    ceilings, ours = [], []
+    for _ in range(repeats):  # alternating, the fastest of each: the machine is shared
+        t0 = time.perf_counter()
+        backbone.predict(x, batch_size=batch, verbose=0)
+        ceilings.append(n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        features, labels = transfer.extract_features(backbone, ds)  # uncached: decodes again
+        ours.append(n / (time.perf_counter() - t0))
     np.savez(save, features=features, labels=labels, classes=classes)
-    return {"images": n, "ours": ours, "ceiling": ceiling, "weights": weights}
+    return {"images": n, "ours": max(ours), "ceiling": max(ceilings), "all_ours": ours,
+            "all_ceiling": ceilings, "weights": weights}
 
 
 def measured(opts: Options) -> dict[str, Any]:
@@ -83,7 +88,9 @@ def run(opts: Options) -> list[Row]:
     return [Row("feature extraction vs in-memory predict", r["ours"], r["ceiling"], "img/s",
                 ratio, f">= {TARGET:g}", ratio >= TARGET,
                 f"{r['images']} images, crop {opts.train_crop}, batch {opts.batch}, "
-                f"{r['weights']} ResNet-50, decoding included")]
+                f"{r['weights']} ResNet-50, decoding included; fastest of 2 alternating "
+                f"passes: ours {', '.join(fmt(v) for v in r['all_ours'])}, in-memory "
+                f"{', '.join(fmt(v) for v in r['all_ceiling'])} img/s")]
 
 
 if __name__ == "__main__":
