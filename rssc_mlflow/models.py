@@ -120,9 +120,7 @@ class Preprocess(keras.layers.Layer):
     """
 
     def __init__(self, mode: str, **kwargs: Any):
-        if mode not in protocol.PREPROCESSING_MODES:
-            raise ValueError(f"Unknown preprocessing {mode!r}. Choose one of: "
-                             f"{', '.join(protocol.PREPROCESSING_MODES)}.")
+        pipeline.check_preprocessing(mode)
         super().__init__(dtype="float32", **kwargs)
         self.mode = mode
 
@@ -558,11 +556,8 @@ def preprocessing_for(lineage: str, override: str | None = None) -> str:
     other lineage (scratch, ImageNet-100 from scratch, ...) uses "unit" ([0, 1] pixels); an
     ImageNet mode is refused there, since such weights never saw mean-subtracted inputs.
     """
-    if override is not None and override not in protocol.PREPROCESSING_MODES:
-        raise ValueError(
-            f"Unknown preprocessing {override!r}. Choose one of: "
-            f"{', '.join(protocol.PREPROCESSING_MODES)}."
-        )
+    if override is not None:
+        pipeline.check_preprocessing(override)
     if lineage == "imagenet":
         return override or DEFAULT_PREPROCESSING["imagenet"]
     if override not in (None, "unit"):

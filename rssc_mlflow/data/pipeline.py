@@ -39,16 +39,21 @@ AUTOTUNE = tf.data.AUTOTUNE
 # --- Per-image operations --------------------------------------------------------------------
 
 
+def check_preprocessing(mode: str) -> None:
+    """ValueError naming the known modes unless `mode` is one of them."""
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"Unknown preprocessing {mode!r}. Choose one of: {', '.join(PREPROCESSING_MODES)}."
+        )
+
+
 def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
     """uint8 or float images [..., 3] (RGB) -> float32 network input for `mode`.
 
     unit: x / 255. imagenet-rgb: x minus the ImageNet means in RGB order (the authors' code).
     imagenet-caffe: Keras's resnet50.preprocess_input: RGB -> BGR, then minus the BGR means.
     """
-    if mode not in PREPROCESSING_MODES:
-        raise ValueError(
-            f"Unknown preprocessing {mode!r}. Choose one of: {', '.join(PREPROCESSING_MODES)}."
-        )
+    check_preprocessing(mode)
     x = tf.cast(images, tf.float32)
     if mode == "unit":
         return x / 255.0
@@ -235,11 +240,8 @@ def make_dataset(
     folder is used. `deterministic` sets tf.data's
     deterministic option (None: tf.data's default, which is deterministic).
     """
-    if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
-        raise ValueError(
-            f"Unknown preprocessing {preprocessing!r}. "
-            f"Choose one of: {', '.join(PREPROCESSING_MODES)}."
-        )
+    if preprocessing is not None:
+        check_preprocessing(preprocessing)
     resize = resize_for_crop(crop)
     if crop > resize:
         raise ValueError(f"crop {crop} is larger than the resized image {resize}")
