@@ -13,6 +13,8 @@
 #     XLA, float32 with XLA (Keras's "auto" on a GPU, i.e. what `rssc pretrain` gets), and
 #     mixed_float16 + XLA (`models.set_precision("mixed")`, jit_compile=True). Target on one
 #     H100: >= 2,500 images/s mixed + XLA.
+# Without a TensorFlow that sees the GPU, `KERAS_BACKEND=jax python benchmarks/gpu_keras.py` measures
+# the same model and step with Keras alone (not our pipeline); docs/PERFORMANCE.md has its H200 run.
 # Each configuration runs in its own process (fresh dtype policy and GPU memory); the first
 # epoch (tracing, XLA compilation, cache filling) is not timed.
 set -euo pipefail

@@ -70,3 +70,58 @@ def test_gpu_check_script_runs_the_real_pipeline_and_fit_on_a_cpu() -> None:
     assert set(rows) == {"synthetic data + prepare (s)", "input pipeline ceiling (CPUs)",
                          "fit, float32, no XLA"}, lines
     assert all(float(rate.replace(",", "")) > 0 for rate in rows.values()), rows
+
+
+def test_gpu_keras_preprocessing_and_model_are_those_runs_train() -> None:
+    """benchmarks/gpu_keras.py (Keras alone, any backend) preprocesses as `models.Preprocess`
+    does and builds the runs' ResNet-50 shape: uint8 in, 45 float32 probabilities out."""
+    import keras
+    import numpy as np
+
+    from benchmarks import gpu_keras
+    from rssc_mlflow.data import pipeline
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    ours = keras.ops.convert_to_numpy(gpu_keras.CaffePreprocess()(images))
+    np.testing.assert_allclose(ours, pipeline.preprocess(images, "imagenet-caffe").numpy(),
+                               rtol=0, atol=1e-5)
+    model = gpu_keras.build_model(32, 45)
+    assert model.inputs[0].dtype == "uint8"
+    assert model.get_layer("resnet50").count_params() == 23_587_712  # ResNet-50 notop
+    probabilities = keras.ops.convert_to_numpy(model(images.repeat(4, 1).repeat(4, 2)))
+    assert probabilities.shape == (2, 45) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_gpu_keras_reports_every_precision_with_a_rate(monkeypatch, capsys, request) -> None:
+    """The measuring loop, JSON lines and table, on a one-conv model (ResNet-50 takes a minute
+    to XLA-compile on a CPU); a precision that fails is reported and makes the exit code 1."""
+    import keras
+
+    from benchmarks import gpu_keras
+
+    request.addfinalizer(lambda: keras.mixed_precision.set_global_policy("float32"))
+
+    def tiny(crop: int, classes: int) -> keras.Model:
+        inputs = keras.Input((crop, crop, 3), dtype="uint8")
+        x = keras.layers.Conv2D(4, 3)(gpu_keras.CaffePreprocess()(inputs))
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(classes, "softmax", dtype="float32")(x))
+
+    monkeypatch.setattr(gpu_keras, "build_model", tiny)
+    code = gpu_keras.main(["--images", "16", "--crop", "16", "--batch", "4", "--epochs", "1",
+                           "--configs", "float32", "mixed_bfloat16"])
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"config"')]
+    assert code == 0, out
+    assert [r["policy"] for r in rows] == ["float32", "mixed_bfloat16"]
+    assert all(r["fit_images_per_s"] > 0 and r["steps_per_epoch"] == 4 for r in rows), rows
+    assert "| float32 | " in out and "| mixed_bfloat16 | " in out
+
+    def broken(crop: int, classes: int) -> keras.Model:
+        raise RuntimeError("out of memory on the card")
+
+    monkeypatch.setattr(gpu_keras, "build_model", broken)
+    assert gpu_keras.main(["--images", "8", "--crop", "16", "--batch", "4", "--epochs", "1",
+                           "--configs", "float32"]) == 1
+    assert "| float32 | FAILED | RuntimeError: out of memory on the card |" in capsys.readouterr().out
