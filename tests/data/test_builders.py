@@ -68,6 +68,30 @@ def test_truncated_image_fails_a_full_decode(tmp_path: Path) -> None:
     assert done[0].encoded is None and done[0].error and done[0].size == path.stat().st_size
 
 
+def test_kept_jpeg_is_refused_exactly_when_a_full_size_decode_fails() -> None:
+    """A kept JPEG is checked at 1/8 scale (faster); it must catch every damage a full decode
+    catches: cuts anywhere, and runs of 0xFF bytes written over the entropy-coded data."""
+    data = jpeg_bytes("RGB", size=256)
+    damaged = [data[:cut] for cut in (*range(400, len(data), 1500), len(data) - 1)]
+    for pos in range(1000, len(data) - 100, 2500):
+        damaged.append(data[:pos] + b"\xff" * 16 + data[pos + 16:])
+    refused = {True: 0, False: 0}
+    for bad in damaged:
+        try:
+            _decode(bad)
+            full_fails = False
+        except OSError:
+            full_fails = True
+        try:
+            assert encode_image(bad) == bad
+            ours_fails = False
+        except OSError:
+            ours_fails = True
+        assert ours_fails == full_fails, (len(bad), full_fails)
+        refused[full_fails] += 1
+    assert refused[True] >= 40  # the comparison covered many damaged files
+
+
 def test_process_all_keeps_order(tmp_path: Path) -> None:
     items = [Item(path=write_image(tmp_path / f"{i}.png", seed=i), filename=str(i), label=i)
              for i in range(40)]

@@ -205,13 +205,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def encode_image(data: bytes) -> bytes:
     """Lossless bytes to store: the original file when it is a clean RGB JPEG, else RGB PNG.
 
-    Decodes by content (a PNG named .jpg is fine) and fully (`load()`), so truncated files fail
-    here and not in training. Raises whatever PIL raises for a damaged file.
+    Decodes by content (a PNG named .jpg is fine) and every byte of it (`load()`; a kept JPEG at
+    reduced scale), so truncated files fail here and not in training. Raises whatever PIL raises
+    for a damaged file.
     """
     with Image.open(io.BytesIO(data)) as image:
-        image.load()
         if image.format == "JPEG" and image.mode == "RGB":
+            # Stored as it is, so decoded only to find damage. At 1/8 scale libjpeg still
+            # entropy-decodes every block (where truncated or corrupt data shows) but skips most
+            # of the inverse DCT and colour conversion: ~2x faster than a full-size decode.
+            image.draft("RGB", (1, 1))
+            image.load()
             return data
+        image.load()
         rgb = _to_rgb(image)
     out = io.BytesIO()
     # zlib level 1: ~30% faster than the default 6 for ~10% larger files, still lossless.
