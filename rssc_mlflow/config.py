@@ -27,6 +27,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RSSC_CACHE_DIR", data_dir() / "cache")).expanduser()
 
 
+def prepare_memory_mb() -> int:
+    """Encoded examples `prepare` holds in memory before TFDS spills them to temporary files
+    (`RSSC_PREPARE_MEMORY_MB`; 1000 = TFDS's own bound). So prepare's peak RSS grows with the
+    dataset up to this, then stays flat. Lower it on small machines: spilling costs speed."""
+    return int(os.environ.get("RSSC_PREPARE_MEMORY_MB", "1000"))
+
+
 def cache_memory_mb() -> int:
     """Budget for in-memory image caches (`RSSC_CACHE_MEMORY_MB`); larger caches go to disk."""
     return int(os.environ.get("RSSC_CACHE_MEMORY_MB", "2048"))

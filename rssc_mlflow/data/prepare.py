@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,6 +281,20 @@ def _report(spec: DatasetSpec, ds: PreparedDataset, *, already: bool,
     )
 
 
+@contextlib.contextmanager
+def _tfds_memory_bound(megabytes: int) -> Iterator[None]:
+    """TFDS's shuffler keeps every encoded example in memory up to a module constant, then
+    writes them to temporary buckets; the shards it writes are the same either way."""
+    from tensorflow_datasets.core import shuffle
+
+    saved = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = max(0, megabytes) << 20
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = saved
+
+
 def prepared_files_manifest(folder: Path) -> Manifest:
     """Size and sha256 of every file in a prepared folder but FILES_FILE and the marker
     (whose content, the manifest digest, `verify` checks against the metadata instead)."""
@@ -358,7 +372,8 @@ def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
         builder = cls(data_dir=str(staging), plan=plan, skip_corrupt=skip_corrupt, progress=say)
         try:
             # TFDS prints its own notes to stdout; keep stdout clean for `rssc prepare --json`.
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), _tfds_memory_bound(
+                    config.prepare_memory_mb()):
                 builder.download_and_prepare(
                     download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
         except Exception:

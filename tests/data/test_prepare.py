@@ -296,3 +296,27 @@ def test_crash_before_marker_is_not_complete(data_env: Path, synth_trees: dict[s
     monkeypatch.setattr(prep, "_swap", real_swap)  # not undo(): that also resets data_env
     report = prepare("ucm", synth_trees["ucm"])  # not mistaken for a finished one
     assert not report.already_prepared and load_prepared("ucm").records
+
+
+def test_memory_bound_spills_to_disk_and_writes_the_same_shards(
+        data_env: Path, synth_trees: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """RSSC_PREPARE_MEMORY_MB=0: TFDS's shuffler writes every example to temporary buckets
+    instead of holding them (prepare's RSS stays flat), and the prepared shards are identical."""
+    from tensorflow_datasets.core import shuffle
+
+    def shards() -> dict[str, bytes]:
+        folder = prep.prepared_dir("ucm")
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tfrecord*"))}
+
+    spilled: list[int] = []
+    original_add = shuffle._Bucket.add
+    monkeypatch.setattr(shuffle._Bucket, "add",
+                        lambda self, key, data: (spilled.append(1), original_add(self, key, data)))
+    prepare("ucm", synth_trees["ucm"])
+    assert spilled == []  # the default bound (1,000 MB) holds a small dataset in memory
+    in_memory = shards()
+    monkeypatch.setenv("RSSC_PREPARE_MEMORY_MB", "0")
+    prepare("ucm", synth_trees["ucm"], force=True)
+    assert len(spilled) == EXPECTED_IMAGES["ucm"]
+    assert shards() == in_memory and in_memory
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 1000 << 20  # TFDS's constant restored
