@@ -5,9 +5,9 @@ alternating, `repeats` times each: `fit.fit` with a no-op logger, and `fit.fit` 
 `rssc_mlflow.tracking.runs.tracked_run` (start with tags and system metrics, `log_params`, one
 `mlflow.log_metrics` call per epoch as commands.py does, end) on a SQLite store in the work
 folder, created beforehand. The fastest of each is compared (the machine is shared: the minimum
-is the least disturbed; about once per child one run, tracked or plain alike, stalls ~14 s
-after its last epoch, cause not found, so 3 repeats left too few clean ones). Logging the model at the end is not included: it is a copy of the
-weights, not an overhead of logging per epoch.
+is the least disturbed; one run in three to eight, tracked or plain alike, takes ~14 s longer,
+cause not found, so 3 repeats left too few clean ones). Logging the model at the end is not
+included: it is a copy of the weights, not an overhead of logging per epoch.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rssc_mlflow.errors import RsscError
+
 DEFAULT_DATA_DIR = Path.home() / "rssc_data"
 
 
@@ -31,12 +33,22 @@ def prepare_memory_mb() -> int:
     """Encoded examples `prepare` holds in memory before TFDS spills them to temporary files
     (`RSSC_PREPARE_MEMORY_MB`; 1000 = TFDS's own bound). So prepare's peak RSS grows with the
     dataset up to this, then stays flat. Lower it on small machines: spilling costs speed."""
-    return int(os.environ.get("RSSC_PREPARE_MEMORY_MB", "1000"))
+    return _megabytes("RSSC_PREPARE_MEMORY_MB", 1000)
 
 
 def cache_memory_mb() -> int:
     """Budget for in-memory image caches (`RSSC_CACHE_MEMORY_MB`); larger caches go to disk."""
-    return int(os.environ.get("RSSC_CACHE_MEMORY_MB", "2048"))
+    return _megabytes("RSSC_CACHE_MEMORY_MB", 2048)
+
+
+def _megabytes(variable: str, default: int) -> int:
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise RsscError(f"{variable} must be a whole number of megabytes (0 or more), got "
+                        f"{value!r}. Set it to e.g. {default}, or unset it for the default.")
+    return int(value)
 
 
 def checkpoint_dir() -> Path:
