@@ -627,6 +627,10 @@ class _Kubernetes:
         self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
         self.backend_config = backend_config
 
+    def close(self) -> None:
+        """Remove the resolved copy of the backend config (`load_backend_config`)."""
+        self.backend_config.unlink(missing_ok=True)
+
     def parameters(self, run: PlannedRun) -> dict[str, str]:
         params = {"source": run.source, "profile": self.profile, "seed": str(run.seed)}
         if run.target:
@@ -846,7 +850,7 @@ def reproduce(
             if todo and not plan_only:
                 runner.run_wave(todo, say)
     finally:
-        if isinstance(runner, _Workers):
+        if isinstance(runner, (_Workers, _Kubernetes)):
             runner.close()
     progress(f"{len(report.ran)} ran, {len(report.skipped)} skipped, {len(report.failed)} failed, "
              f"{len(report.todo)} to do; {report.todo_gpu_hours:.2f} of "

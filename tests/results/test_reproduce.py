@@ -195,7 +195,8 @@ def test_kubernetes_backend_calls_in_order(isolated_environment: Path,
     calls: list[dict] = []
 
     def fake_run(**kwargs):
-        calls.append(kwargs)
+        used = json.loads(Path(kwargs["backend_config"]).read_text())
+        calls.append({**kwargs, "config_used": used})
         p = kwargs["parameters"]
         experiment = mlflow.set_experiment(kwargs["experiment_name"]).experiment_id
         run = client.create_run(experiment, tags={
@@ -219,8 +220,9 @@ def test_kubernetes_backend_calls_in_order(isolated_environment: Path,
         assert c["uri"] == str(project / "kubernetes") and c["backend"] == "kubernetes"
         assert c["synchronous"] is True and c["env_manager"] == "local"
         assert c["parameters"]["profile"] == "smoke" and c["parameters"]["seed"] == "42"
-        used = json.loads(Path(c["backend_config"]).read_text())
-        assert used["kube-job-template-path"] == str(project / "kubernetes" / "job.yaml")
+        job = str(project / "kubernetes" / "job.yaml")
+        assert c["config_used"]["kube-job-template-path"] == job
+        assert not Path(c["backend_config"]).exists()  # the resolved copy is removed at the end
     assert calls[3]["parameters"] == {"source": "mlrsnet_ucm_same", "target": "ucm",
                                       "profile": "smoke", "seed": "42"}
     assert calls[-1]["parameters"]["log_model"] == "false"
