@@ -173,6 +173,7 @@ def test_backend_config_validation(tmp_path: Path) -> None:
     # The repository's own files are valid, with the template made absolute.
     shipped = rep.load_backend_config(rep.PROJECT_ROOT / "kubernetes" / "backend_config.json")
     resolved = json.loads(shipped.read_text())
+    shipped.unlink()  # a temporary copy; reproduce removes its own when it ends
     template = Path(resolved["kube-job-template-path"])
     assert template.is_absolute() and template.is_file()
     job = yaml.safe_load(template.read_text())
