@@ -288,7 +288,7 @@ def _tfds_memory_bound(megabytes: int) -> Iterator[None]:
     from tensorflow_datasets.core import shuffle
 
     saved = shuffle.MAX_MEM_BUFFER_SIZE
-    shuffle.MAX_MEM_BUFFER_SIZE = max(0, megabytes) << 20
+    shuffle.MAX_MEM_BUFFER_SIZE = megabytes << 20
     try:
         yield
     finally:
@@ -351,6 +351,7 @@ def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
     if not force and _is_complete(final):
         say(f"{spec.key}: already prepared in {final}")
         return _report(spec, load_prepared(key), already=True)
+    memory_mb = config.prepare_memory_mb()  # a bad setting fails before any work
     manual = Path(manual_dir).expanduser()
     if not manual.is_dir():
         raise DatasetError(f"--manual-dir '{manual}' is not a folder. Download {spec.title} from "
@@ -372,8 +373,7 @@ def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
         builder = cls(data_dir=str(staging), plan=plan, skip_corrupt=skip_corrupt, progress=say)
         try:
             # TFDS prints its own notes to stdout; keep stdout clean for `rssc prepare --json`.
-            with contextlib.redirect_stdout(sys.stderr), _tfds_memory_bound(
-                    config.prepare_memory_mb()):
+            with contextlib.redirect_stdout(sys.stderr), _tfds_memory_bound(memory_mb):
                 builder.download_and_prepare(
                     download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
         except Exception:
