@@ -38,6 +38,7 @@ from rssc_mlflow.training import model_pool, transfer
 from rssc_mlflow.training.schedule import peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
+BN_MOMENTUM_KERAS = 0.99  # keras.layers.BatchNormalization's default, used by the paper profile
 
 
 @dataclasses.dataclass
@@ -252,6 +253,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                           resume_run_id=resume) as run, contextlib.ExitStack() as hold:
         run_id = run.info.run_id
         _record_inputs(data, settings, fingerprint, preprocessing, source)
+        runs.log_params({"bn_momentum": BN_MOMENTUM_KERAS if profile.bn_momentum is None
+                         else profile.bn_momentum})
         checkpoint_dir = config.checkpoint_dir() / run_id
         mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
         hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
@@ -272,7 +275,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             trainer = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
                                          source=source, seed=settings.seed,
                                          run_eagerly=profile.run_eagerly,
-                                         preprocessing=preprocessing)
+                                         preprocessing=preprocessing,
+                                         bn_momentum=profile.bn_momentum)
         model = models.unwrap(trainer)  # what is saved and logged: float32 input, no wrapper
         kept = checkpoint_dir / UNLOGGED
         how_to_resume = f"rssc {settings.stage} --resume {run_id}"

@@ -91,6 +91,7 @@ def build_classifier(
     crop: int,
     backbone_weights: str | Path | None = None,
     name: str = "rssc_resnet50",
+    bn_momentum: float | None = None,
 ) -> keras.Model:
     """ResNet-50 (nested, named "resnet50") -> "avg_pool" -> Dense "predictions".
 
@@ -101,15 +102,28 @@ def build_classifier(
         backbone_weights: None (random init), "imagenet" (the Keras notop file found by
             `imagenet_weights_path`), or a notop weight file (see `load_backbone_weights`).
         name: model name.
+        bn_momentum: momentum of every BatchNormalization layer (None: Keras's 0.99); a layer
+            setting, not a weight, so loading weights keeps it.
     """
     head = _head(num_classes, task)
     backbone = _resnet50_notop(crop)
+    if bn_momentum is not None:
+        set_bn_momentum(backbone, bn_momentum)
     if backbone_weights is not None:
         path = imagenet_weights_path() if backbone_weights == "imagenet" else backbone_weights
         load_backbone_weights(backbone, path)
     inputs = keras.Input(shape=(crop, crop, 3), name="image")
     features = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(backbone(inputs))
     return keras.Model(inputs, head(features), name=name)
+
+
+def set_bn_momentum(model: keras.Model, momentum: float) -> None:
+    """Set the moving-average momentum of every BatchNormalization layer, before tracing."""
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"BatchNorm momentum must be in [0, 1), got {momentum!r}.")
+    for layer in _walk_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
 
 
 class Preprocess(keras.layers.Layer):

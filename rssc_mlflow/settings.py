@@ -144,5 +144,8 @@ def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: 
         "synthetic": synthetic,
         "upstream": upstream,
     }
+    bn_momentum = protocol.get_profile(settings.profile).bn_momentum
+    if bn_momentum is not None and settings.stage in ("pretrain", "adapt", "finetune"):
+        comparable["bn_momentum"] = bn_momentum  # absent for Keras's default: old keys hold
     blob = json.dumps(comparable, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

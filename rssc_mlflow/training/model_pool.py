@@ -115,9 +115,10 @@ def stats() -> dict[str, Any]:
 
 
 def _describe(key: tuple) -> str:
-    num_classes, task, crop, policy, eager, strategy, preprocessing = key
+    num_classes, task, crop, policy, eager, strategy, preprocessing, bn_momentum = key
     return (f"{num_classes}-{task}-{crop}px-{policy}{'-eager' if eager else ''}-{strategy}"
-            f"{'-uint8-' + preprocessing if preprocessing else ''}")
+            f"{'-uint8-' + preprocessing if preprocessing else ''}"
+            f"{f'-bn{bn_momentum}' if bn_momentum is not None else ''}")
 
 
 # --- Seeds --------------------------------------------------------------------------------------
@@ -274,9 +275,10 @@ def _wrap(model: keras.Model, preprocessing: str | None) -> keras.Model:
 
 
 def _fresh(num_classes: int, task: str, *, crop: int, source, seed: int,
-           run_eagerly: bool, preprocessing: str | None) -> keras.Model:
+           run_eagerly: bool, preprocessing: str | None, bn_momentum: float | None
+           ) -> keras.Model:
     set_random_seed(seed)
-    model = models.build_classifier(num_classes, task, crop=crop)
+    model = models.build_classifier(num_classes, task, crop=crop, bn_momentum=bn_momentum)
     source.backbone_into(model)
     model = _wrap(model, preprocessing)
     fit_lib.compile_model(model, task=task, run_eagerly=run_eagerly)
@@ -284,9 +286,10 @@ def _fresh(num_classes: int, task: str, *, crop: int, source, seed: int,
 
 
 def _new_entry(key: tuple, num_classes: int, task: str, crop: int, seed: int,
-               run_eagerly: bool, preprocessing: str | None) -> _Entry:
+               run_eagerly: bool, preprocessing: str | None, bn_momentum: float | None
+               ) -> _Entry:
     set_random_seed(seed)
-    classifier = models.build_classifier(num_classes, task, crop=crop)
+    classifier = models.build_classifier(num_classes, task, crop=crop, bn_momentum=bn_momentum)
     initial = _share_backbone(_snapshot(classifier.weights),
                               len(_backbone_layer(classifier).weights))
     model = _wrap(classifier, preprocessing)  # the same variables, in the same order
@@ -325,7 +328,8 @@ def _make_reset(entry: _Entry) -> Any:
 
 
 def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
-            run_eagerly: bool = False, preprocessing: str | None = None) -> keras.Model:
+            run_eagerly: bool = False, preprocessing: str | None = None,
+            bn_momentum: float | None = None) -> keras.Model:
     """A compiled classifier whose weights are those of a fresh one for `seed` and `source`.
 
     `source` is a `registry.ResolvedSource`. With the pool enabled the model is a pooled one,
@@ -337,12 +341,15 @@ def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
     """
     if not _enabled:
         return _fresh(num_classes, task, crop=crop, source=source, seed=seed,
-                      run_eagerly=run_eagerly, preprocessing=preprocessing)
+                      run_eagerly=run_eagerly, preprocessing=preprocessing,
+                      bn_momentum=bn_momentum)
+    # The momentum is a constant of the traced step, so it is part of the key.
     key = (int(num_classes), task, int(crop), _policy(), bool(run_eagerly), _strategy(),
-           preprocessing)
+           preprocessing, bn_momentum)
     entry = _state.classifiers.get(key)
     if entry is None:  # a new model holds the seeded initial weights already
-        entry = _new_entry(key, num_classes, task, crop, seed, run_eagerly, preprocessing)
+        entry = _new_entry(key, num_classes, task, crop, seed, run_eagerly, preprocessing,
+                           bn_momentum)
         model = entry.model
         _load_source(model, source)
     else:
