@@ -217,13 +217,39 @@ def look_of(name: str) -> Look:
         # A per-concept tint keeps look-alike concepts (the many greys) apart in colour.
         tint = rng.uniform(-30, 30, 3)
         return Look(shape, _tint(base, tint), _tint(accent, tint), density, size, freq, angle)
-    # No concept (wnids, MLRSNet-only or odd names): any shape, two colours far apart in hue.
+    spread = _spread_index(name)
+    if spread is not None:
+        return _spread_look(spread, size, freq, angle)
+    # No concept (MLRSNet-only or odd names): any shape, two colours far apart in hue.
     hue = rng.uniform(0, 1)
     base = _hsv(hue, rng.uniform(0.3, 0.8), rng.uniform(0.35, 0.85))
     hue2 = (hue + rng.uniform(0.25, 0.75)) % 1
     accent = _hsv(hue2, rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.95))
     shape = str(rng.choice([s for s in SHAPES if s != "plain"]))
     return Look(shape, base, accent, float(rng.uniform(0.5, 2.0)), size, freq, angle)
+
+
+@functools.cache
+def _spread_names() -> dict[str, int]:
+    return {w: i for i, w in enumerate(catalog.imagenet100_wnids())}
+
+
+def _spread_index(name: str) -> int | None:
+    """Position of an ImageNet-100 wnid: these 100 classes share no concept with any other
+    dataset, and looks drawn from a hash would collide (birthday), so they are spread."""
+    return _spread_names().get(name)
+
+
+def _spread_look(index: int, size: float, freq: float, angle: float) -> Look:
+    """Look number `index` of a set spread evenly over shapes and hues: consecutive indices
+    change shape, and the hues of one shape step by the golden ratio (no two alike)."""
+    shapes = [s for s in SHAPES if s != "plain"]
+    hue = (index * 0.6180339887) % 1.0
+    value = (0.45, 0.65, 0.85)[index % 3]
+    base = _hsv(hue, 0.65, value)
+    accent = _hsv((hue + 0.5) % 1.0, 0.8, 1.3 - value)
+    return Look(shapes[index % len(shapes)], base, accent, 1.0 + 0.5 * (index % 2), size, freq,
+                angle)
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
