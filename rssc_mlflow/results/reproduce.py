@@ -172,8 +172,12 @@ def _split_sizes(key: str, role: str, cache: dict[str, tuple[dict[str, int], boo
 
 
 def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None = None,
-         seeds: Sequence[int] = (protocol.SEED,), throughput: float = 2500.0) -> list[PlannedRun]:
+         seeds: Sequence[int] = (protocol.SEED,), throughput: float = 2500.0,
+         targets: Sequence[str] | None = None) -> list[PlannedRun]:
     """Every run the selected tables/figures need, in dependency order (no store access).
+
+    `targets` keeps only the transfer cells on those target datasets (Table II's cells, which
+    have none, always stay), e.g. `("ucm",)` for the UCM column of the figures.
 
     Image-steps: training images x epochs + evaluation images x epochs (the protocol evaluates
     the held-out split after every epoch; the demo profile does not) + one final evaluation; a probe extracts features of
@@ -185,9 +189,16 @@ def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None 
         raise RsscError("reproduce needs at least one seed.")
     if throughput <= 0:
         raise RsscError(f"Invalid throughput {throughput!r}: images per second must be positive.")
+    wanted = set(split_list(targets)) if targets is not None else None
+    unknown = sorted(wanted - set(CATALOG)) if wanted else []
+    if unknown:
+        raise RsscError(f"Unknown target dataset {', '.join(map(repr, unknown))}. Targets are "
+                        f"dataset keys: {', '.join(CATALOG)}.")
     cells: dict[tuple[str, str, str], list[str]] = {}
     for layout in selected_layouts(only):
         for (row, col), spec in layout.cells.items():
+            if spec is not None and wanted is not None and spec.target and spec.target not in wanted:
+                continue
             if spec is not None:  # n/a cells: no run
                 cells.setdefault((spec.stage, spec.source, spec.target), []).append(
                     f"{layout.key} {row}/{col}")
@@ -772,6 +783,7 @@ def reproduce(
     log_model_finetune: bool = True,
     reuse_models: bool = False,
     progress: Progress = print,
+    targets: Sequence[str] | None = None,
 ) -> ReproduceReport:
     """Plan the runs of the selected tables/figures and run those not yet done (see module doc).
 
@@ -786,7 +798,7 @@ def reproduce(
         raise RsscError(f"Unknown backend {backend!r}: choose local or kubernetes.")
     if parallel < 1:
         raise RsscError(f"Invalid parallel={parallel}: at least 1 run at a time.")
-    planned = plan(profile, only=only, seeds=seeds, throughput=throughput)
+    planned = plan(profile, only=only, seeds=seeds, throughput=throughput, targets=targets)
     report = ReproduceReport(profile, backend, list(dict.fromkeys(int(s) for s in seeds)),
                              throughput, plan_only, planned)
     problems = _missing_prerequisites(planned)
