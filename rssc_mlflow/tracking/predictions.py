@@ -16,9 +16,12 @@ order, filtered to the split (`pipeline.filter_examples`), not in the split's li
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import os
 import tempfile
+from collections.abc import Iterator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,9 +136,24 @@ def load_predictions(run_id: str, client: mlflow.MlflowClient | None = None
     folder = str(Path(ARTIFACT).parent)
     if ARTIFACT not in {a.path for a in client.list_artifacts(run_id, folder)}:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         path = client.download_artifacts(run_id, ARTIFACT, tmp)
         return read(Path(path), run_id)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a progress bar per download; summarize downloads one file per run."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
 
 
 def evaluation_files(examples: tf.data.Dataset, filenames: Sequence[str]) -> np.ndarray:
