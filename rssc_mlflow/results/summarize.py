@@ -81,6 +81,7 @@ class RunRecord:
     metrics: dict[str, float]
     profile: str = ""
     has_predictions: bool = False  # tagged as carrying evaluation/predictions.npz
+    artifact_uri: str = ""
 
     @property
     def quick(self) -> bool:
@@ -103,6 +104,7 @@ class RunRecord:
             metrics=dict(run.data.metrics),
             profile=tags.get(tracking.TAG_PROFILE, ""),
             has_predictions=predictions_lib.TAG_PREDICTIONS in tags,
+            artifact_uri=run.info.artifact_uri or "",
         )
 
 
@@ -706,10 +708,10 @@ def summarize(
     records = fetch_runs(client, _experiment_ids(client, experiment))
     index = _index(records)
     tables = {layout.key: build_table(layout, index, metric) for layout in LAYOUTS}
-    tagged = {r.run_id for r in records if r.has_predictions}
+    tagged = {r.run_id: r.artifact_uri for r in records if r.has_predictions}
     results = findings_lib.evaluate(
-        tables, lambda run_id: (predictions_lib.load_predictions(run_id, client)
-                                if run_id in tagged else None),
+        tables, lambda run_id: (predictions_lib.load_predictions(
+            run_id, client, artifact_uri=tagged[run_id]) if run_id in tagged else None),
         table_metric=metric, resamples=resamples, seed=bootstrap_seed)
 
     # Synthetic if any run that lands in some cell used synthetic data, shown or not.

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from rssc_mlflow.errors import RsscError
 
@@ -129,9 +130,22 @@ def log_predictions(probs: np.ndarray, y_true: np.ndarray, files: Sequence[str],
     mlflow.set_tag(TAG_PREDICTIONS, ARTIFACT)
 
 
-def load_predictions(run_id: str, client: mlflow.MlflowClient | None = None
-                     ) -> Predictions | None:
-    """The run's predictions, or None when it has no such artifact (runs logged before it)."""
+def load_predictions(run_id: str, client: mlflow.MlflowClient | None = None, *,
+                     artifact_uri: str | None = None) -> Predictions | None:
+    """The run's predictions, or None when it has no such artifact (runs logged before it).
+
+    `artifact_uri` (the run's `info.artifact_uri`, when the caller has it) downloads directly,
+    sparing the tracking server two look-ups of the run per call.
+    """
+    if artifact_uri:
+        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{artifact_uri.rstrip('/')}/{ARTIFACT}", dst_path=tmp,
+                    tracking_uri=client.tracking_uri if client else None)
+            except (MlflowException, OSError):  # not there: a run without predictions
+                return None
+            return read(Path(path), run_id)
     client = client or mlflow.MlflowClient()
     folder = str(Path(ARTIFACT).parent)
     if ARTIFACT not in {a.path for a in client.list_artifacts(run_id, folder)}:

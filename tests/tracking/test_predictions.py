@@ -90,12 +90,15 @@ def test_a_run_without_the_artifact_loads_as_none(store):
     with mlflow.start_run() as run:
         mlflow.log_text("x", "evaluation/per_class_report.txt")
     assert preds.load_predictions(run.info.run_id) is None
+    assert preds.load_predictions(run.info.run_id, artifact_uri=run.info.artifact_uri) is None
     with mlflow.start_run() as logged:
         pred = _example()
         preds.log_predictions(pred.probs, pred.y_true, pred.files, split_digest="s",
                               dataset_digest="d")
     back = preds.load_predictions(logged.info.run_id)
     np.testing.assert_array_equal(back.probs, pred.probs)
+    direct = preds.load_predictions(logged.info.run_id, artifact_uri=logged.info.artifact_uri)
+    assert direct.files.tolist() == pred.files.tolist()
     assert back.run_id == logged.info.run_id
     tags = mlflow.MlflowClient().get_run(logged.info.run_id).data.tags
     assert tags[preds.TAG_PREDICTIONS] == preds.ARTIFACT
