@@ -528,3 +528,24 @@ def test_findings_are_checked_on_the_runs_per_image_predictions(client: MlflowCl
         out / "findings.html").read_text()
     metrics = client.get_run(result.run_id).data.metrics
     assert metrics["findings_tested"] == 4 and metrics["findings_against"] == 1
+
+
+def test_a_quick_profile_is_never_pooled_and_shown_after_a_meaningful_one(
+        client: MlflowClient, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(protocol.PROFILES, "cpu-quick", SimpleNamespace(quick=True))
+    for seed in "123":  # more seeds, same fingerprint: still never pooled, never preferred
+        run = make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.5},
+                       seed=seed)
+        client.set_tag(run, tags.TAG_PROFILE, "cpu-quick")
+    make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.8}, seed="9")
+
+    result = run_summary(tmp_path)
+    table = result.tables["figure1"]
+    cell = table.cell("aid", "ucm")
+    assert cell.values == pytest.approx([80.0]) and not cell.quick and cell.text == "80.00"
+    assert [(v.quick, v.profiles, v.n) for v in cell.others] == [(True, ("cpu-quick",), 3)]
+    note = table.footnote_texts[table.footnotes[("aid", "ucm")] - 1]
+    assert "quick profile cpu-quick" in note
+    frame = pd.read_csv(tmp_path / "out" / "figure1.csv")
+    row = frame[(frame["row"] == "aid") & (frame["column"] == "ucm")].iloc[0]
+    assert not row["quick"] and "quick profile cpu-quick" in row["other_variants"]
