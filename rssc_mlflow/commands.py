@@ -31,7 +31,7 @@ from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.protocol import PROBE_LR, get_profile
 from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_settings
-from rssc_mlflow.tracking import registry, runs
+from rssc_mlflow.tracking import predictions, registry, runs
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
 from rssc_mlflow.training import model_pool, transfer
@@ -39,6 +39,7 @@ from rssc_mlflow.training.schedule import peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
 BN_MOMENTUM_KERAS = 0.99  # keras.layers.BatchNormalization's default, used by the paper profile
+FEATURE_ORDER = "pipeline-order"
 
 
 @dataclasses.dataclass
@@ -157,10 +158,20 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
         runs.announce(runs.SYNTHETIC_BANNER)
 
 
-def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Final metrics (`test_*`), a per-class report and, single-label, a confusion matrix PNG."""
+def _test_files(data: _Data) -> np.ndarray:
+    """The test images' file names in the evaluation pipeline's order (not the split's)."""
+    return predictions.evaluation_files(data.prepared.examples(), data.split.test)
+
+
+def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray,
+                    files: np.ndarray) -> dict[str, float]:
+    """Final metrics (`test_*`), a per-class report, single-label a confusion matrix PNG, and
+    the per-image predictions (`files[i]` is the image of row i)."""
+    spec = data.spec
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        predictions.write_artifact(tmp, probs, y_true, files, split_digest=data.split.digest,
+                                   dataset_digest=data.prepared.manifest_digest)
         if spec.multilabel:
             result = metrics_lib.multi_label_metrics(y_true, probs)
             final = {f"test_{k}": float(v) for k, v in result.items()
@@ -174,6 +185,7 @@ def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray) ->
                                                         class_names=spec.classes)
         (tmp / "per_class_report.txt").write_text(report)
         mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
+    mlflow.set_tag(predictions.TAG_PREDICTIONS, predictions.ARTIFACT)
     mlflow.log_metrics(final)
     return final
 
@@ -284,8 +296,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             runs.announce(f"run {run_id} finished training before the tracking server went "
                           f"away: logging the results kept in {kept}")
             model.load_weights(kept / "model.weights.h5")
-            with np.load(kept / "predictions.npz", allow_pickle=False) as saved:
-                probs, y_true = saved["probs"], saved["y_true"]
+            saved = predictions.read(kept / "predictions.npz", run_id)
+            probs, y_true, files = saved.probs, saved.y_true, saved.files
         else:
             schedule = fit_lib.make_schedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
                                              epochs=settings.epochs, warmup_epochs=prof_warmup)
@@ -306,15 +318,16 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                     f"during training of run {run_id}; {backup}. When the server is back, "
                     f"`{how_to_resume}` continues the run.") from exc
             probs, y_true = fit_lib.predict_with_labels(trainer, test_ds)
+            files = _test_files(data)
         try:
             final, name, version = _log_results(
-                model, spec, y_true, probs, test_ds, settings, data, register_as=register_as,
+                model, y_true, probs, files, test_ds, settings, data, register_as=register_as,
                 log_model=log_model, data_key=data_key, preprocessing=preprocessing,
                 fingerprint=fingerprint)
         except Exception as exc:
             if not runs.server_unreachable(exc):
                 raise
-            _keep_unlogged(kept, model, probs, y_true)
+            _keep_unlogged(kept, model, data, probs, y_true, files)
             raise runs.TrackingServerGone(
                 f"The tracking server at {mlflow.get_tracking_uri()} stopped answering at the "
                 f"end of run {run_id}. Nothing is lost: the trained model and its test "
@@ -366,21 +379,24 @@ def can_resume(run: mlflow.entities.Run) -> bool:
 UNLOGGED = "unlogged"
 
 
-def _keep_unlogged(folder: Path, model, probs: np.ndarray, y_true: np.ndarray) -> None:
-    """Write the model's weights and test predictions; `complete` is written last."""
+def _keep_unlogged(folder: Path, model, data: _Data, probs: np.ndarray, y_true: np.ndarray,
+                   files: np.ndarray) -> None:
+    """Write the model's weights and test predictions (the artifact's own file, so `--resume`
+    logs exactly what would have been logged); `complete` is written last."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "complete").unlink(missing_ok=True)
     model.save_weights(folder / "model.weights.h5")
-    np.savez(folder / "predictions.npz", probs=probs, y_true=y_true)
+    predictions.write_artifact(folder, probs, y_true, files, split_digest=data.split.digest,
+                               dataset_digest=data.prepared.manifest_digest)
     (folder / "complete").write_text("model.weights.h5 predictions.npz\n")
 
 
-def _log_results(model, spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray, test_ds,
+def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray, test_ds,
                  settings: RunSettings, data: _Data, *, register_as: str | None,
                  log_model: bool, data_key: str, preprocessing: str, fingerprint: str
                  ) -> tuple[dict[str, float], str, str]:
     """Final metrics and evaluation artifacts, then the model (registered or logged)."""
-    final = _log_evaluation(spec, y_true, probs)
+    final = _log_evaluation(data, y_true, probs, files)
     name = version = ""
     if register_as or log_model:
         raw = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
@@ -455,7 +471,10 @@ def _feature_key(source: registry.ResolvedSource, split: splits.SplitManifest,
     weights_id = source.uri
     if source.kind in ("imagenet", "file") and source.local_file is not None:
         weights_id += ":" + _file_sha256(source.local_file)
-    blob = json.dumps([weights_id, source.version, split.digest, preprocessing, crop])
+    # FEATURE_ORDER: features logged before their file names followed the pipeline's order
+    # (they listed the split's order) are not reused.
+    blob = json.dumps([weights_id, source.version, split.digest, preprocessing, crop,
+                       FEATURE_ORDER])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -504,8 +523,10 @@ def _features(settings: RunSettings, data: _Data, source: registry.ResolvedSourc
     train_x, train_y = transfer.extract_features(backbone, train_ds)
     test_x, test_y = transfer.extract_features(backbone, test_ds)
     models.set_precision("float32")
+    # Rows are in the pipelines' order, which is the prepared dataset's, not the split's.
+    train_files = predictions.evaluation_files(data.prepared.examples(), data.split.train)
     arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
-              "train_files": np.asarray(data.split.train), "test_files": np.asarray(data.split.test)}
+              "train_files": train_files, "test_files": _test_files(data)}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(FEATURES_ARTIFACT).name
         np.savez(path, **arrays)
@@ -552,6 +573,6 @@ def probe(source: str, target: str, **params: Any) -> RunResult:
             standardize=settings.standardize, epochs=settings.epochs,
             batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
         runs.log_history(run.info.run_id, result.history)
-        final = _log_evaluation(data.spec, arrays["test_y"], result.test_probs)
+        final = _log_evaluation(data, arrays["test_y"], result.test_probs, arrays["test_files"])
         runs.announce(f"done: {_format_metrics(final)}")
     return RunResult(run.info.run_id, "probe", final, data.prepared.synthetic)

@@ -5,14 +5,22 @@
 and a console rendering; then it logs them all as artifacts of a new `summarize` run.
 
 Which runs a cell shows (documented, because a cell must never mix incomparable runs):
-1. Runs are grouped by (synthetic, protocol fingerprint). Only one group is shown:
-   real data before synthetic; then the group with the most seeds; on a tie, the group holding
-   the most recent run. The other groups are listed in a footnote with their run counts.
+1. Runs are grouped by (synthetic, quick profile, protocol fingerprint). Only one group is
+   shown: real data before synthetic; then a meaningful profile before a quick one (a profile
+   that fills cells cheaply on a CPU, `protocol.Profile.quick`); then the group with the most
+   seeds; on a tie, the group holding the most recent run. The other groups are listed in a
+   footnote with their run counts. A cell filled by a quick profile is marked † and
+   footnoted with the profile's name, and no finding counts it.
 2. Inside the group, a seed counts once: a re-run with the same seed replaces the older run
    (latest start time wins). Runs without a seed tag count as distinct seeds.
 3. One run: its value. Several: `mean ± std (n=K)`, sample std (ddof=1).
 Values are percentages with two decimals; multi-label datasets use `test_<multilabel_metric>`,
 single-label ones `test_accuracy`.
+
+The Findings section (`results.findings`) re-checks the paper's claims on the cells shown,
+with paired bootstrap intervals from the runs' per-image predictions. Every CSV is plain (one
+header line, then rows): where the data are synthetic, a `synthetic` column says so, and the
+banner is in the md, html, tex and console outputs.
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from rssc_mlflow import __version__
+from rssc_mlflow import __version__, protocol
 from rssc_mlflow.errors import RsscError
+from rssc_mlflow.results import findings as findings_lib
 from rssc_mlflow.results.paper import LAYOUTS, CellSpec, Layout
+from rssc_mlflow.tracking import predictions as predictions_lib
 from rssc_mlflow.tracking import runs as tracking
 
 MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples", "map")
@@ -46,6 +56,12 @@ SUMMARY_STAGE = "summarize"
 BANNER = ("SYNTHETIC DATA: these numbers come from synthetic stand-in images and are NOT "
           "comparable to the paper.")
 PAGE_SIZE = 1000  # runs per search page; the sqlite store answers 1,000 runs in about a second
+QUICK_MARK = "†"
+
+
+def is_quick(profile: str) -> bool:
+    """Whether `profile` only fills cells cheaply (unknown profiles count as meaningful)."""
+    return bool(getattr(protocol.PROFILES.get(profile), "quick", False))
 
 CellStatus = Literal["value", "missing", "n/a"]
 
@@ -63,6 +79,13 @@ class RunRecord:
     seed: str
     start_time: int
     metrics: dict[str, float]
+    profile: str = ""
+    has_predictions: bool = False  # tagged as carrying evaluation/predictions.npz
+    artifact_uri: str = ""
+
+    @property
+    def quick(self) -> bool:
+        return is_quick(self.profile)
 
     @classmethod
     def from_run(cls, run: Run) -> RunRecord:
@@ -79,20 +102,26 @@ class RunRecord:
             seed=tags.get(tracking.TAG_SEED, ""),
             start_time=int(run.info.start_time or 0),
             metrics=dict(run.data.metrics),
+            profile=tags.get(tracking.TAG_PROFILE, ""),
+            has_predictions=predictions_lib.TAG_PREDICTIONS in tags,
+            artifact_uri=run.info.artifact_uri or "",
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One (synthetic, fingerprint) group of a cell, and how many seeds it has."""
+    """One (synthetic, quick, fingerprint) group of a cell, and how many seeds it has."""
 
     synthetic: bool
     fingerprint: str
     n: int
+    quick: bool = False
+    profiles: tuple[str, ...] = ()
 
     def describe(self) -> str:
         data = "synthetic" if self.synthetic else "real"
-        return f"{data} data, fingerprint {self.fingerprint[:12] or '(none)'}, n={self.n}"
+        quick = f"quick profile {', '.join(self.profiles)}, " if self.quick else ""
+        return f"{data} data, {quick}fingerprint {self.fingerprint[:12] or '(none)'}, n={self.n}"
 
 
 @dataclasses.dataclass
@@ -105,6 +134,7 @@ class CellResult:
     metric: str = ""
     values: list[float] = dataclasses.field(default_factory=list)  # %, one per seed
     run_ids: list[str] = dataclasses.field(default_factory=list)
+    records: list[RunRecord] = dataclasses.field(default_factory=list)  # the runs shown
     shown: Variant | None = None
     others: list[Variant] = dataclasses.field(default_factory=list)
     skipped: int = 0  # finished runs lacking the metric
@@ -143,6 +173,14 @@ class CellResult:
         return bool(self.shown and self.shown.synthetic)
 
     @property
+    def quick(self) -> bool:
+        return bool(self.shown and self.shown.quick)
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        return self.shown.profiles if self.shown else ()
+
+    @property
     def command(self) -> str | None:
         return self.spec.command if self.status == "missing" and self.spec else None
 
@@ -152,9 +190,10 @@ class CellResult:
             return "n/a"
         if self.mean is None:
             return "-"
+        mark = QUICK_MARK if self.quick else ""
         if self.std is None:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
+            return f"{self.mean:.2f}{mark}"
+        return f"{self.mean:.2f}{mark} ± {self.std:.2f} (n={self.n})"
 
     @property
     def paper_text(self) -> str:
@@ -190,6 +229,7 @@ class SummaryResult:
     synthetic: bool
     files: list[Path]
     multilabel_metric: str
+    findings: list[findings_lib.FindingResult] = dataclasses.field(default_factory=list)
 
 
 # --- Reading the store ---------------------------------------------------------------------------
@@ -265,10 +305,19 @@ def _latest_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
     return sorted(by_seed.values(), key=lambda r: (r.start_time, r.run_id))
 
 
-def _choose_group(groups: dict[tuple[bool, str], list[RunRecord]]) -> tuple[bool, str]:
-    """Real before synthetic, then most seeds, then the group holding the most recent run."""
-    return min(groups, key=lambda g: (g[0], -len(groups[g]),
+Group = tuple[bool, bool, str]  # (synthetic, quick, fingerprint)
+
+
+def _choose_group(groups: dict[Group, list[RunRecord]]) -> Group:
+    """Real before synthetic, meaningful before quick, then most seeds, then the group holding
+    the most recent run."""
+    return min(groups, key=lambda g: (g[0], g[1], -len(groups[g]),
                                       -max(r.start_time for r in groups[g])))
+
+
+def _variant(key: Group, recs: Sequence[RunRecord]) -> Variant:
+    return Variant(key[0], key[2], len(recs), key[1],
+                   tuple(sorted({r.profile for r in recs})) if key[1] else ())
 
 
 def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRecord],
@@ -278,9 +327,9 @@ def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRe
     metric = _metric_key(spec, multilabel_metric)
     usable = [r for r in records if metric in r.metrics and math.isfinite(r.metrics[metric])]
     cell = CellResult(row, col, spec, metric=metric, skipped=len(records) - len(usable))
-    grouped: dict[tuple[bool, str], list[RunRecord]] = defaultdict(list)
+    grouped: dict[Group, list[RunRecord]] = defaultdict(list)
     for rec in usable:
-        grouped[(rec.synthetic, rec.fingerprint)].append(rec)
+        grouped[(rec.synthetic, rec.quick, rec.fingerprint)].append(rec)
     if not grouped:
         return cell
     groups = {key: _latest_per_seed(recs) for key, recs in grouped.items()}
@@ -288,9 +337,9 @@ def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRe
     shown = groups[chosen]
     cell.values = [100.0 * r.metrics[metric] for r in shown]
     cell.run_ids = [r.run_id for r in shown]
-    cell.shown = Variant(chosen[0], chosen[1], len(shown))
-    cell.others = [Variant(k[0], k[1], len(v)) for k, v in sorted(groups.items())
-                   if k != chosen]
+    cell.records = list(shown)
+    cell.shown = _variant(chosen, shown)
+    cell.others = [_variant(k, v) for k, v in sorted(groups.items()) if k != chosen]
     return cell
 
 
@@ -306,6 +355,11 @@ def build_table(layout: Layout, index: dict[tuple[str, str, str], list[RunRecord
             cell = fill_cell(row.key, col.key, spec, recs, multilabel_metric)
             cells[(row.key, col.key)] = cell
             notes = []
+            if cell.quick:
+                notes.append(f"{QUICK_MARK} filled by the quick profile "
+                             f"{', '.join(cell.profiles)} (cheap CPU settings): not comparable "
+                             "with the paper, never pooled with a meaningful profile's runs, "
+                             "not counted in any finding")
             if cell.others:
                 notes.append(f"shown: {cell.shown.describe()}; other variants not mixed in: "
                              + "; ".join(v.describe() for v in cell.others))
@@ -387,7 +441,7 @@ def render_markdown(table: TableResult, metric: str) -> str:
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}", "±": r"$\pm$"}
+                "^": r"\textasciicircum{}", "±": r"$\pm$", QUICK_MARK: r"$^\dagger$"}
 
 
 def _tex(text: str) -> str:
@@ -416,15 +470,17 @@ def render_latex(table: TableResult, metric: str, banner: bool) -> str:
 
 CSV_FIELDS = ("layout", "row", "row_label", "column", "column_label", "status", "stage",
               "source", "target", "metric", "paper", "reproduced", "std", "n", "difference",
-              "text", "synthetic", "fingerprint", "run_ids", "other_variants", "command")
+              "text", "synthetic", "quick", "profiles", "fingerprint", "run_ids",
+              "other_variants", "command")
 
 
-def render_csv(table: TableResult, banner: bool) -> str:
-    """One line per cell (long format, easy to load); the banner, if any, is the first line."""
+def render_csv(table: TableResult) -> str:
+    """One line per cell after one header line (long format: `pandas.read_csv(path)` loads it).
+
+    `synthetic` is true for a cell shown from synthetic runs (the md/html/tex banner's
+    counterpart), empty for a cell without runs."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    if banner:
-        writer.writerow([BANNER])
     writer.writerow(CSV_FIELDS)
     layout = table.layout
     for row in layout.rows:
@@ -437,14 +493,23 @@ def render_csv(table: TableResult, banner: bool) -> str:
                 c.spec.target if c.spec else col.key, c.metric, num(c.paper), num(c.mean),
                 num(c.std), c.n, num(c.diff), c.text,
                 "true" if c.synthetic else ("false" if c.shown else ""),
+                ("true" if c.quick else "false") if c.shown else "", " ".join(c.profiles),
                 c.shown.fingerprint if c.shown else "", " ".join(c.run_ids),
                 "; ".join(v.describe() for v in c.others), c.command or "",
             ])
     return buf.getvalue()
 
 
+def heatmap_title(table: TableResult, banner: bool) -> str:
+    title = f"{table.layout.title}: reproduced values (%)"
+    return f"SYNTHETIC DATA - {title}" if banner else title
+
+
 def render_heatmap(table: TableResult, banner: bool) -> bytes:
-    """Source x target heatmap PNG: values in the cells, n/a grey, missing blank with '-'."""
+    """Source x target heatmap PNG: values in the cells, n/a grey, missing blank with '-'.
+
+    The title (with the synthetic mark when `banner`) is drawn and also stored as the PNG's
+    Title text, the caption as its Description."""
     import matplotlib
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -478,7 +543,7 @@ def render_heatmap(table: TableResult, banner: bool) -> bytes:
             elif cell.mean is None:
                 ax.text(j, i, "-", ha="center", va="center", fontsize=10, color="black")
             else:
-                label = f"{cell.mean:.2f}"
+                label = f"{cell.mean:.2f}" + (QUICK_MARK if cell.quick else "")
                 if cell.std is not None:
                     label += f"\n±{cell.std:.2f} (n={cell.n})"
                 dark = (cell.mean - vmin) / (vmax - vmin) < 0.6  # viridis is dark at the low end
@@ -488,13 +553,18 @@ def render_heatmap(table: TableResult, banner: bool) -> bytes:
     ax.set_yticks(range(len(rows)), [r.label for r in rows])
     ax.set_xlabel("Target dataset")
     ax.set_ylabel("Source (pre-trained model)")
-    ax.set_title(f"{layout.title} (reproduced, %)", fontsize=11)
+    title = heatmap_title(table, banner)
+    ax.set_title(title, fontsize=11, color="red" if banner else "black")
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     if banner:
         fig.suptitle(BANNER, color="red", fontsize=8, fontweight="bold", wrap=True)
+    if any(c.quick for c in table.cells.values()):
+        fig.text(0.01, 0.0, f"{QUICK_MARK} filled by a quick profile (cheap CPU settings), "
+                 "not counted in any finding", fontsize=7, va="top")
     buf = io.BytesIO()
     # bbox_inches="tight" fits the long tick labels in one draw (tight_layout would add one).
-    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15,
+                metadata={"Title": title, "Description": f"{layout.title}: {layout.caption}"})
     return buf.getvalue()
 
 
@@ -503,7 +573,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding
 td{text-align:right}td:first-child{text-align:left}th{background:#eee}
 td.na{background:#ddd;color:#666}td.missing{color:#999}
 .banner{background:#c00;color:#fff;font-weight:bold;padding:.6em;margin-bottom:1em}
-.notes{font-size:.9em;color:#333}img{max-width:100%}code{background:#f4f4f4}"""
+.notes{font-size:.9em;color:#333}img{max-width:100%}code{background:#f4f4f4}
+tr.against td{background:#fde2e2}"""
 
 
 def _html_text(text: str) -> str:
@@ -513,7 +584,8 @@ def _html_text(text: str) -> str:
 
 
 def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: str,
-                banner: bool, header_lines: Sequence[str]) -> str:
+                banner: bool, header_lines: Sequence[str],
+                findings_part: Sequence[str] = ()) -> str:
     esc = html.escape
     out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
            "<title>rssc summary</title>", f"<style>{_CSS}</style></head><body>"]
@@ -521,6 +593,9 @@ def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: s
         out.append(f"<div class='banner'>{esc(BANNER)}</div>")
     out.append("<h1>The Role of Pre-Training in HRRS Scene Classification: reproduction</h1>")
     out += [f"<p>{esc(line)}</p>" for line in header_lines]
+    if findings_part:
+        out.append("<p><a href='#findings'>Findings</a> (the paper's claims re-checked; every "
+                   "comparison: <a href='findings.html'>findings.html</a>)</p>")
     for table in tables:
         layout = table.layout
         header, rows = grid(table)
@@ -545,6 +620,12 @@ def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: s
         out.append(f"<div class='notes'><p>{esc(_metric_note(metric))}</p><ul>")
         out += [f"<li>{_html_text(n)}</li>" for n in _notes(table, code="`")]
         out.append("</ul></div>")
+    if findings_part:
+        if banner:
+            out.append(f"<div class='banner'>{esc(BANNER)} "
+                       f"{esc(findings_lib.SYNTHETIC_NOTE)}</div>")
+        out += [*findings_part,
+                "<p><a href='findings.html'>Every comparison, with its interval</a></p>"]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -566,7 +647,8 @@ def _summary_experiment_id(client: MlflowClient, experiment: str | None) -> str:
 
 
 def _log_summary_run(client: MlflowClient, experiment: str | None, out: Path, metric: str,
-                     synthetic: bool, missing: int, filled: int) -> str:
+                     synthetic: bool, missing: int, filled: int,
+                     counts: dict[str, float] | None = None) -> str:
     """A new run `summarize` holding every output; inside `mlflow run`, that project's run."""
     tags = {tracking.TAG_STAGE: SUMMARY_STAGE, "mlflow.runName": SUMMARY_STAGE,
             tracking.TAG_SYNTHETIC: str(synthetic).lower(),
@@ -587,6 +669,8 @@ def _log_summary_run(client: MlflowClient, experiment: str | None, out: Path, me
         client.log_param(run_id, "multilabel_metric", metric)
         client.log_metric(run_id, "cells_missing", missing)
         client.log_metric(run_id, "cells_filled", filled)
+        for key, value in (counts or {}).items():
+            client.log_metric(run_id, key, value)
         client.log_artifacts(run_id, str(out))
     except BaseException:
         if not attached:
@@ -597,18 +681,38 @@ def _log_summary_run(client: MlflowClient, experiment: str | None, out: Path, me
     return run_id
 
 
+def _findings_counts(results: Sequence[findings_lib.FindingResult]) -> dict[str, float]:
+    """Comparisons tested and those that go against the paper, for the summary run."""
+    comparisons = [c for r in results for c in r.comparisons]
+    return {"findings_comparisons": len(comparisons),
+            "findings_tested": sum(c.tested for c in comparisons),
+            "findings_against": sum(c.against for c in comparisons)}
+
+
 def summarize(
     experiment: str | None = None,
     out: Path = Path("rssc_outputs/summary"),
     multilabel_metric: str = "f1_micro",
     tracking_uri: str | None = None,
+    *,
+    resamples: int = findings_lib.DEFAULT_RESAMPLES,
+    bootstrap_seed: int = findings_lib.BOOTSTRAP_SEED,
 ) -> SummaryResult:
-    """Build every table and figure from the tracking store, write them to `out`, log them."""
+    """Build every table, figure and the Findings from the tracking store, write them to
+    `out`, log them. `resamples` and `bootstrap_seed` set the Findings' paired bootstrap."""
     metric = _check_metric(multilabel_metric)
+    if resamples < findings_lib.MIN_RESAMPLES:
+        raise RsscError(f"resamples={resamples}: the Findings' 95 % intervals need at least "
+                        f"{findings_lib.MIN_RESAMPLES:,} bootstrap resamples.")
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
     records = fetch_runs(client, _experiment_ids(client, experiment))
     index = _index(records)
     tables = {layout.key: build_table(layout, index, metric) for layout in LAYOUTS}
+    tagged = {r.run_id: r.artifact_uri for r in records if r.has_predictions}
+    results = findings_lib.evaluate(
+        tables, lambda run_id: (predictions_lib.load_predictions(
+            run_id, client, artifact_uri=tagged[run_id]) if run_id in tagged else None),
+        table_metric=metric, resamples=resamples, seed=bootstrap_seed)
 
     # Synthetic if any run that lands in some cell used synthetic data, shown or not.
     used = {(s.stage, s.source, s.target) for layout in LAYOUTS
@@ -619,9 +723,10 @@ def summarize(
     header_lines = [
         f"Tracking store: {client.tracking_uri}; experiment: {experiment or '(all)'}; "
         f"{len(records)} finished runs read; {filled} cells filled, {len(missing)} missing.",
-        "A cell shows one (data, fingerprint) group only: real data before synthetic, then the "
-        "group with the most seeds, then the most recent; other groups are footnoted. A re-run "
-        "with the same seed replaces the earlier run.",
+        "A cell shows one (data, profile kind, fingerprint) group only: real data before "
+        "synthetic, a meaningful profile before a quick one, then the group with the most "
+        "seeds, then the most recent; other groups are footnoted. A re-run with the same seed "
+        "replaces the earlier run.",
     ]
 
     out = Path(out)
@@ -642,23 +747,34 @@ def summarize(
     for key, table in tables.items():
         md = render_markdown(table, metric)
         write(f"{key}.md", (f"> **{BANNER}**\n\n" if synthetic else "") + md)
-        write(f"{key}.csv", render_csv(table, synthetic))
+        write(f"{key}.csv", render_csv(table))
         write(f"{key}.tex", render_latex(table, metric, synthetic))
         if table.layout.kind == "figure":
             pngs[key] = render_heatmap(table, synthetic)
             write(f"{key}.png", pngs[key])
         texts.append(render_text(table, metric))
         markdowns.append(md)
+    style = dict(resamples=resamples, table_metric=metric)
+    findings_md = findings_lib.render_markdown(results, synthetic=synthetic, banner=BANNER,
+                                               **style)
+    write("findings.md", findings_md)
+    write("findings.csv", findings_lib.render_csv(results))
+    write("findings.html", findings_lib.render_html(results, synthetic=synthetic, banner=BANNER,
+                                                    css=_CSS, **style))
     banner_lines = [BANNER, ""] if synthetic else []
     console = "\n\n".join(["\n".join([*banner_lines, *header_lines]), *texts])
     if missing:
         console += "\n\nTo fill the missing cells:\n" + "\n".join(f"  {c}" for c in missing)
+    console += "\n\n" + findings_lib.render_text(results, synthetic=synthetic, banner=BANNER,
+                                                 **style)
     top = [f"> **{BANNER}**", ""] if synthetic else []
-    write("summary.md", "\n".join([*top, "# rssc summary", "", *header_lines, "", *markdowns]))
+    write("summary.md", "\n".join([*top, "# rssc summary", "", *header_lines, "", *markdowns,
+                                   findings_md]))
     write("summary.txt", console + "\n")
     write("summary.html", render_html(list(tables.values()), pngs, metric, synthetic,
-                                      header_lines))
-    run_id = _log_summary_run(client, experiment, out, metric, synthetic, len(missing), filled)
+                                      header_lines, findings_lib.summary_html(results, **style)))
+    run_id = _log_summary_run(client, experiment, out, metric, synthetic, len(missing), filled,
+                              _findings_counts(results))
     return SummaryResult(out=out, run_id=run_id, console=console, tables=tables,
                          missing=missing, synthetic=synthetic, files=files,
-                         multilabel_metric=metric)
+                         multilabel_metric=metric, findings=results)

@@ -11,19 +11,25 @@ import itertools
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from PIL import Image
+from scipy import stats
+
+from rssc_mlflow import protocol
 
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import paper
 from rssc_mlflow.results.summarize import BANNER, SummaryResult, summarize
 from rssc_mlflow.tracking import runs as tags
+from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, Predictions, make, save
 
 _clock = itertools.count(1_700_000_000_000, 1000)  # distinct, increasing start times (ms)
 
@@ -152,8 +158,22 @@ def test_real_data_preferred_and_synthetic_never_mixed(client: MlflowClient,
     for name in ("figure1.md", "table2.md", "summary.md", "summary.txt", "figure1.tex",
                  "summary.html"):
         assert BANNER in (out / name).read_text(), name
-    with open(out / "table3.csv", newline="") as fh:
-        assert next(csv.reader(fh)) == [BANNER]
+    # Plain CSVs: one header line, loaded by pandas with no arguments; the banner is a column.
+    for path in sorted(out.glob("*.csv")):
+        frame = pd.read_csv(path)
+        assert "synthetic" in frame.columns and BANNER not in path.read_text(), path.name
+    fig1 = pd.read_csv(out / "figure1.csv")
+    shown = fig1[(fig1["row"] == "imagenet") & (fig1["column"] == "aid")].iloc[0]
+    assert shown["reproduced"] == pytest.approx(70.0) and not shown["synthetic"]
+    assert pd.read_csv(out / "table3.csv")["status"].eq("missing").all()
+    # Figures carry a title, with the synthetic mark (also in the PNG's Title text).
+    with Image.open(out / "figure1.png") as img:
+        assert img.text["Title"] == "SYNTHETIC DATA - Figure 1: reproduced values (%)"
+        assert img.text["Description"].startswith("Figure 1: Classification accuracies")
+    # The Findings section carries the banner too.
+    assert "These Findings are computed on synthetic stand-in data" in result.console
+    findings_md = (out / "findings.md").read_text()
+    assert BANNER in findings_md and BANNER in (out / "findings.html").read_text()
 
 
 def test_several_seeds_mean_std_n(client: MlflowClient, tmp_path: Path) -> None:
@@ -279,12 +299,16 @@ def test_every_output_exists_and_parses(client: MlflowClient, tmp_path: Path) ->
     tex = (out / "figure3b.tex").read_text()
     assert "$\\pm$" in tex and "n=2" in tex
     page = (out / "summary.html").read_text()
-    assert page.count("<table>") == len(paper.LAYOUTS)
+    assert page.count("<table>") == len(paper.LAYOUTS) + 1  # and the Findings table
+    assert "href='findings.html'" in page and "id='findings'" in page
     assert page.count("data:image/png;base64,") == 4
     for layout in paper.LAYOUTS:
         assert layout.title in page
     assert "90.00" in page and BANNER not in page
     assert all(p.is_file() for p in result.files)
+    assert (out / "findings.html").is_file() and (out / "findings.md").is_file()
+    with Image.open(out / "figure2.png") as img:
+        assert img.text["Title"] == "Figure 2: reproduced values (%)"  # real data: no mark
 
 
 def test_summary_run_holds_the_artifacts(client: MlflowClient, tmp_path: Path) -> None:
@@ -363,3 +387,165 @@ def test_inside_mlflow_run_logs_into_the_project_run(client: MlflowClient, tmp_p
     assert run.data.tags[tags.TAG_STAGE] == "summarize"
     assert run.info.status == "RUNNING"  # `mlflow run` ends its own run
     assert "summary.html" in {a.path for a in client.list_artifacts(project_run)}
+
+
+# --- Findings, from runs that carry real predictions artifacts -----------------------------------
+
+UCM_FILES = [f"c{i % 21:02d}/img_{i:03d}.jpg" for i in range(210)]
+
+
+def _ucm_predictions(correct: np.ndarray, *, split: str = "ucm-target-42") -> Predictions:
+    """Predictions on the same 210 'UCM' test images, right exactly where `correct` is."""
+    y = np.arange(210) % 21
+    pred = np.where(correct, y, (y + 1) % 21)
+    probs = np.full((210, 21), 0.01, np.float32)
+    probs[np.arange(210), pred] = 0.8
+    return make(probs, y, UCM_FILES, split_digest=split, dataset_digest="ucm-data")
+
+
+def make_evaluated_run(client: MlflowClient, tmp_path: Path, stage: str, source: str,
+                       target: str, pred: Predictions, *, seed: str = "42",
+                       profile: str = "paper", logged: float | None = None) -> str:
+    """A finished run as commands.py leaves it, with evaluation/predictions.npz."""
+    accuracy = float((pred.probs.argmax(axis=1) == pred.y_true).mean())
+    run_id = make_run(client, stage, source, target, seed=seed,
+                      metrics={"test_accuracy": accuracy if logged is None else logged})
+    folder = tmp_path / f"pred-{run_id}"
+    folder.mkdir()
+    save(pred, folder / "predictions.npz")
+    client.log_artifact(run_id, str(folder / "predictions.npz"), "evaluation")
+    client.set_tag(run_id, TAG_PREDICTIONS, "evaluation/predictions.npz")
+    client.set_tag(run_id, tags.TAG_PROFILE, profile)
+    return run_id
+
+
+def _correct(n_right: int) -> np.ndarray:
+    out = np.zeros(210, bool)
+    out[:n_right] = True
+    return out
+
+
+def test_findings_are_checked_on_the_runs_per_image_predictions(client: MlflowClient,
+                                                                tmp_path: Path,
+                                                                monkeypatch) -> None:
+    monkeypatch.setitem(protocol.PROFILES, "cpu-quick", SimpleNamespace(quick=True))
+    # Table III: same classes right on 30 more images than different classes, two seeds (and a
+    # third seed only in one cell, which has no partner).
+    for seed in ("1", "2"):
+        make_evaluated_run(client, tmp_path, "probe", "mlrsnet_ucm_same", "ucm",
+                           _ucm_predictions(_correct(150)), seed=seed)
+        make_evaluated_run(client, tmp_path, "probe", "mlrsnet_ucm_other", "ucm",
+                           _ucm_predictions(_correct(120)), seed=seed)
+    make_evaluated_run(client, tmp_path, "probe", "mlrsnet_ucm_other", "ucm",
+                       _ucm_predictions(_correct(120)), seed="3")
+    # Table III, all classes vs same: wrong on 10 images same gets right, right on 7 it
+    # misses (net -3 of 17 discordant): the interval spans 0.
+    half = _correct(157)
+    half[:10] = False
+    for seed in ("1", "2"):
+        make_evaluated_run(client, tmp_path, "probe", "mlrsnet_half", "ucm",
+                           _ucm_predictions(half), seed=seed)
+    # Table IV: same > different contradicted; all = same, identical predictions: consistent.
+    make_evaluated_run(client, tmp_path, "finetune", "mlrsnet_ucm_same", "ucm",
+                       _ucm_predictions(_correct(60)))
+    make_evaluated_run(client, tmp_path, "finetune", "mlrsnet_ucm_other", "ucm",
+                       _ucm_predictions(_correct(180)))
+    make_evaluated_run(client, tmp_path, "finetune", "mlrsnet_half", "ucm",
+                       _ucm_predictions(_correct(60)))
+    # Table II: AID from metrics only (no artifacts); RESISC45's adapt cell by a quick profile.
+    make_run(client, "pretrain", "aid", metrics={"test_accuracy": 0.90})
+    make_run(client, "adapt", "aid", metrics={"test_accuracy": 0.95})
+    make_evaluated_run(client, tmp_path, "pretrain", "resisc45", "",
+                       _ucm_predictions(_correct(100)))
+    make_evaluated_run(client, tmp_path, "adapt", "resisc45", "",
+                       _ucm_predictions(_correct(200)), profile="cpu-quick")
+    # Figure 1: an artifact that is not its run's evaluation; another on another split.
+    make_evaluated_run(client, tmp_path, "probe", "imagenet", "ucm",
+                       _ucm_predictions(_correct(100)), logged=0.99)
+    make_evaluated_run(client, tmp_path, "probe", "resisc45", "ucm",
+                       _ucm_predictions(_correct(110)))
+    make_evaluated_run(client, tmp_path, "probe", "imagenet100", "ucm",
+                       _ucm_predictions(_correct(100), split="ucm-target-other"))
+
+    result = run_summary(tmp_path)
+    by_cells = {(c.comparison.a.label, c.comparison.b.label): c
+                for f in result.findings for c in f.comparisons}
+    same_other = by_cells[("Table III: Same classes", "Table III: Different classes")]
+    assert same_other.status == "holds"
+    assert same_other.difference == pytest.approx(100 * 30 / 210)
+    assert (same_other.pairs, same_other.images) == (2, 420)
+    assert "1 run(s) without a partner" in same_other.note
+    assert same_other.paper_difference == pytest.approx(91.79 - 89.46)
+    # Discordant images only: each seed's A - B is (discordant drawn)/210, Binomial(210, 1/7).
+    low = 100 * stats.binom.ppf(0.025, 2 * 210, 30 / 210) / 420
+    assert same_other.low == pytest.approx(low, abs=100 / 210)
+    half_same = by_cells[("Table III: All classes", "Table III: Same classes")]
+    assert half_same.status == "inconclusive" and half_same.low < 0 < half_same.high
+    t4 = {k[0]: c for k, c in by_cells.items() if k[0].startswith("Table IV")}
+    assert t4["Table IV: Same classes"].status == "contradicted"
+    assert t4["Table IV: All classes"].status == "consistent"
+    assert (t4["Table IV: All classes"].low, t4["Table IV: All classes"].high) == (0.0, 0.0)
+    aid = by_cells[("Table II: AID, Fine-tuning", "Table II: AID, Scratch")]
+    assert aid.status == "no per-image predictions" and aid.low is None
+    assert aid.difference == pytest.approx(5.0)  # the cells' difference is still shown
+    quick = by_cells[("Table II: RESISC45, Fine-tuning", "Table II: RESISC45, Scratch")]
+    assert quick.status == "quick profile" and "cpu-quick" in quick.note
+    cell = result.tables["table2"].cell("resisc45", "adapt")
+    assert cell.quick and cell.text == "95.24†"
+    note = result.tables["table2"].footnote_texts[
+        result.tables["table2"].footnotes[("resisc45", "adapt")] - 1]
+    assert "quick profile cpu-quick" in note and "not counted in any finding" in note
+    bad = by_cells[("Figure 1: RESISC45 -> UCM", "Figure 1: ImageNet-1k -> UCM")]
+    assert bad.status == "predictions disagree" and "logged 99.0000 %" in bad.note
+    other = by_cells[("Figure 1: RESISC45 -> UCM", "Figure 1: ImageNet-100 -> UCM")]
+    assert other.status == "not paired" and "different splits" in other.note
+    assert by_cells[("Figure 1: AID -> UCM", "Figure 1: ImageNet-1k -> UCM")].status == "missing"
+
+    table3 = next(f for f in result.findings if f.finding.key == "table3")
+    assert table3.summary == "holds in 1 of 2, contradicted in 0, inconclusive in 1"
+    table4 = next(f for f in result.findings if f.finding.key == "table4")
+    assert table4.summary == ("holds in 0 of 1, contradicted in 1, inconclusive in 0; "
+                              "no difference claimed: consistent in 1 of 1, differs in 0")
+    assert table4.contradicting == ["Table IV: Same classes vs Table IV: Different classes"]
+    table2 = next(f for f in result.findings if f.finding.key == "table2")
+    assert table2.summary == ("not tested: 6 (missing 4, no per-image predictions 1, "
+                              "quick profile 1)")
+
+    out = tmp_path / "out"
+    frame = pd.read_csv(out / "findings.csv")
+    assert len(frame) == sum(len(f.comparisons) for f in result.findings)
+    row = frame[(frame["cell_a"] == "Table III: Same classes")
+                & (frame["cell_b"] == "Table III: Different classes")].iloc[0]
+    assert row["verdict"] == "holds" and row["runs"] == 2 and row["n_images"] == 420
+    assert row["low"] == pytest.approx(same_other.low, abs=1e-4)
+    assert row["difference"] == pytest.approx(100 * 30 / 210, abs=1e-4)
+    assert "Findings: the paper's claims re-checked" in result.console
+    assert ("Table IV: same > different; all = same (fine-tuning): against the paper: "
+            "Table IV: Same classes vs Table IV: Different classes") in result.console
+    for name in ("summary.md", "findings.md"):
+        assert "holds in 1 of 2, contradicted in 0, inconclusive in 1" in (out / name).read_text()
+    assert "Table IV: Same classes vs Table IV: Different classes" in (
+        out / "findings.html").read_text()
+    metrics = client.get_run(result.run_id).data.metrics
+    assert metrics["findings_tested"] == 4 and metrics["findings_against"] == 1
+
+
+def test_a_quick_profile_is_never_pooled_and_shown_after_a_meaningful_one(
+        client: MlflowClient, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(protocol.PROFILES, "cpu-quick", SimpleNamespace(quick=True))
+    for seed in "123":  # more seeds, same fingerprint: still never pooled, never preferred
+        run = make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.5},
+                       seed=seed)
+        client.set_tag(run, tags.TAG_PROFILE, "cpu-quick")
+    make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.8}, seed="9")
+
+    result = run_summary(tmp_path)
+    table = result.tables["figure1"]
+    cell = table.cell("aid", "ucm")
+    assert cell.values == pytest.approx([80.0]) and not cell.quick and cell.text == "80.00"
+    assert [(v.quick, v.profiles, v.n) for v in cell.others] == [(True, ("cpu-quick",), 3)]
+    note = table.footnote_texts[table.footnotes[("aid", "ucm")] - 1]
+    assert "quick profile cpu-quick" in note
+    frame = pd.read_csv(tmp_path / "out" / "figure1.csv")
+    row = frame[(frame["row"] == "aid") & (frame["column"] == "ucm")].iloc[0]
+    assert not row["quick"] and "quick profile cpu-quick" in row["other_variants"]

@@ -27,6 +27,7 @@ import pytest
 from sklearn.metrics import accuracy_score
 
 from rssc_mlflow.tracking import runs
+from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, load_predictions
 from tests.tracking.conftest import free_port, start_mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -165,7 +166,11 @@ def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tm
         history = _history(client, run_id)
         assert [s for s, _ in history["loss"]] == [1, 2]  # logged during training, once
         assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
-            "evaluation/confusion_matrix.png", "evaluation/per_class_report.txt"}
+            "evaluation/confusion_matrix.png", "evaluation/per_class_report.txt",
+            "evaluation/predictions.npz"}
+        logged = load_predictions(run_id, client)  # what was kept, with its file names
+        assert accuracy_score(logged.y_true, logged.probs.argmax(axis=1)) == expected
+        assert run.data.tags[TAG_PREDICTIONS] == "evaluation/predictions.npz"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
                                              output_format="list")
