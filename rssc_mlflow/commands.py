@@ -163,6 +163,15 @@ def _test_files(data: _Data) -> np.ndarray:
     return predictions.evaluation_files(data.prepared.examples(), data.split.test)
 
 
+PRIOR_METRIC = "test_prior_f1_micro"  # multi-label: the label-prior baseline's F1-micro
+
+
+def _train_labels(data: _Data) -> np.ndarray:
+    """The multi-hot labels of the split's training images."""
+    train = set(data.split.train)
+    return np.array([r.labels for r in data.prepared.records if r.filename in train])
+
+
 def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray,
                     files: np.ndarray) -> dict[str, float]:
     """Final metrics (`test_*`), a per-class report, single-label a confusion matrix PNG, and
@@ -176,6 +185,7 @@ def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray,
             result = metrics_lib.multi_label_metrics(y_true, probs)
             final = {f"test_{k}": float(v) for k, v in result.items()
                      if k.startswith("f1_") or k in ("map", "subset_accuracy", "hamming_loss")}
+            final[PRIOR_METRIC] = metrics_lib.label_prior_f1(_train_labels(data), y_true)
         else:
             result = metrics_lib.single_label_metrics(y_true, probs, spec.classes)
             final = {"test_accuracy": result["accuracy"]}
@@ -222,7 +232,8 @@ def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[floa
     if settings.stage == "probe":
         return (0.0 if settings.solver == "lbfgs" else settings.lr or PROBE_LR), 0
     # Any pre-trained start (ImageNet or a registered backbone) peaks at 3e-4, scratch at 3e-3.
-    peak = settings.lr or peak_lr_for("pretrained" if source.pretrained else "scratch")
+    peak = settings.lr or (peak_lr_for("pretrained" if source.pretrained else "scratch")
+                           * get_profile(settings.profile).lr_scale)
     return peak, min(settings.epochs, get_profile(settings.profile).warmup_epochs)
 
 

@@ -405,10 +405,38 @@ def grid(table: TableResult, markers: bool = True) -> tuple[list[str], list[list
     return header, rows
 
 
-def _notes(table: TableResult, code: str = "") -> list[str]:
-    """Footnotes, then the commands that fill the missing cells (quoted with `code`)."""
+PRIOR_METRIC = "test_prior_f1_micro"  # logged by multi-label evaluations (commands.py)
+
+
+def _prior_notes(table: TableResult) -> list[str]:
+    """Multi-label cells: the label-prior baseline their runs logged, to read the F1 against."""
+    out = []
+    for cell in table.cells.values():
+        priors = [r.metrics[PRIOR_METRIC] for r in cell.records if PRIOR_METRIC in r.metrics]
+        if priors and cell.mean is not None:
+            label = f"{cell.row}" + (f" -> {cell.col}" if table.layout.kind == "figure" else
+                                     f" / {cell.col}")
+            out.append(f"{label}: label-prior baseline F1-micro "
+                       f"{100 * statistics.fmean(priors):.2f} (every image gets the labels that "
+                       "most training images carry)")
+    return out
+
+
+CONSOLE_MISSING = 5  # the console lists this many fill commands per table; the files list all
+
+
+def _notes(table: TableResult, code: str = "", max_missing: int | None = None) -> list[str]:
+    """Footnotes, label-prior baselines, then the commands that fill the missing cells (quoted
+    with `code`; at most `max_missing` of them, then a count)."""
     lines = [f"[{i}] {t}" for i, t in enumerate(table.footnote_texts, start=1)]
-    lines += [f"to fill: {code}{cmd}{code}" for cmd in table.missing]
+    lines += _prior_notes(table)
+    missing = table.missing
+    if max_missing is not None and len(missing) > max_missing:
+        lines += [f"to fill: {code}{cmd}{code}" for cmd in missing[:max_missing]]
+        lines.append(f"... and {len(missing) - max_missing} more missing cells: summary.md lists "
+                     "the command for each")
+        return lines
+    lines += [f"to fill: {code}{cmd}{code}" for cmd in missing]
     return lines
 
 
@@ -419,7 +447,7 @@ def render_text(table: TableResult, metric: str) -> str:
     layout = table.layout
     out = [f"{layout.title}: {layout.caption}", fmt(header),
            "  ".join("-" * w for w in widths), *map(fmt, rows), _metric_note(metric),
-           *_notes(table)]
+           *_notes(table, max_missing=CONSOLE_MISSING)]
     return "\n".join(out)
 
 

@@ -118,6 +118,16 @@ def multi_label_metrics(
     return result
 
 
+def label_prior_f1(train_y: Any, test_y: Any) -> float:
+    """F1-micro of the label-prior baseline: every test image gets the labels that more than
+    half of the training images carry. A multi-label model that learned nothing from the images
+    scores about this (MLRSNet's labels are dominated by a few frequent ones)."""
+    train_y, test_y = np.asarray(train_y), np.asarray(test_y).astype(np.int64)
+    prior = (train_y.mean(axis=0) > 0.5).astype(np.int64)
+    return float(skm.f1_score(test_y, np.broadcast_to(prior, test_y.shape), average="micro",
+                              zero_division=0))
+
+
 def classification_report_text(
     y_true: Any,
     probs: Any,

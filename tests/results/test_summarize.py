@@ -27,6 +27,7 @@ from rssc_mlflow import protocol
 
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import paper
+from rssc_mlflow.results import summarize as summarize_mod
 from rssc_mlflow.results.summarize import BANNER, SummaryResult, summarize
 from rssc_mlflow.tracking import runs as tags
 from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, Predictions, make, save
@@ -250,8 +251,13 @@ def test_missing_cells_show_dash_and_command(client: MlflowClient, tmp_path: Pat
                 "rssc probe --source mlrsnet_ucm_same --target ucm",
                 "rssc finetune --source scratch --target mlrsnet_ml"):
         assert cmd in result.missing, cmd
-        assert f"to fill: {cmd}" in result.console
+        markdown = "".join(p.read_text() for p in (tmp_path / "out").glob("*.md"))
+        assert f"to fill: `{cmd}`" in markdown
     assert len(result.missing) == len(set(result.missing))
+    # The console lists the first few per table and counts the rest (the files list all).
+    table2 = result.console.split("Table II:")[1].split("Table III:")[0]
+    assert table2.count("to fill: ") == summarize_mod.CONSOLE_MISSING
+    assert "... and 7 more missing cells: summary.md lists the command for each" in table2
     cell = result.tables["figure1"].cell("resisc45", "ucm")
     assert cell.text == "-" and cell.command == "rssc probe --source resisc45 --target ucm"
     assert "to fill: `rssc adapt --source aid`" in (tmp_path / "out" / "table2.md").read_text()

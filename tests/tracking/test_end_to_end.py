@@ -8,16 +8,19 @@ lbfgs probe from the logged features) are.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn import metrics as skm
 from sklearn.metrics import accuracy_score
 
 from rssc_mlflow import commands, models
 from rssc_mlflow.data.catalog import get_spec
+from rssc_mlflow.data.prepare import load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.tracking import registry, runs
 
@@ -155,6 +158,15 @@ def test_multilabel_pretrain_logs_f1_and_map(world, store):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert "f1_micro" in metrics and "val_f1_micro" in metrics  # per-epoch keras F1
     assert get_spec("mlrsnet_ml").task == "multi"
+    # The label-prior baseline, recomputed from the prepared records and the split manifest.
+    records = {r.filename: r.labels for r in load_prepared("mlrsnet_ml").records}
+    split = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="split/mlrsnet_ml-source.json")).read_text())
+    train = np.array([records[f] for f in split["train"]])
+    test = np.array([records[f] for f in split["test"]])
+    prior = (train.mean(axis=0) > 0.5).astype(int)
+    expected = skm.f1_score(test, np.tile(prior, (len(test), 1)), average="micro", zero_division=0)
+    assert metrics["test_prior_f1_micro"] == pytest.approx(expected)
 
 
 def _no_running_runs(client) -> None:

@@ -9,6 +9,7 @@ import pytest
 from sklearn import metrics as skm
 
 from rssc_mlflow.training.metrics import (
+    label_prior_f1,
     classification_report_text,
     confusion_matrix_png,
     keras_metrics,
@@ -128,3 +129,15 @@ def test_confusion_matrix_png(tmp_path: Path, n: int) -> None:
     pred = np.where(rng.random(200) < 0.8, y, rng.integers(0, n, 200))
     out = confusion_matrix_png(y, pred, [f"class_{i}" for i in range(n)], tmp_path / "cm" / "m.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_label_prior_f1_is_the_f1_of_predicting_the_frequent_labels():
+    # Labels 0 and 2 are on more than half of the training rows, label 1 on exactly half (not
+    # more: left out), label 3 on none.
+    train = np.array([[1, 1, 1, 0], [1, 0, 1, 0], [0, 1, 1, 0], [1, 0, 0, 0]])
+    test = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 1, 0]])
+    # Every test row is predicted {0, 2}: TP = 1 + 1 + 2 = 4, FP = 1 + 1 + 0 = 2,
+    # FN = 1 + 1 + 0 = 2, so F1 = 2*4 / (2*4 + 2 + 2) = 2/3.
+    assert label_prior_f1(train, test) == pytest.approx(2 / 3)
+    assert label_prior_f1(train, test) == pytest.approx(
+        skm.f1_score(test, np.tile([1, 0, 1, 0], (3, 1)), average="micro"))
