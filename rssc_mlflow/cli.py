@@ -351,7 +351,7 @@ def reproduce(
 @friendly
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic data, the ImageNet stand-in and the summary.")] = Path("demo_out"),
-    images_per_class: Annotated[int, typer.Option(help="Synthetic images per class (MLRSNet: at least 6).")] = 10,
+    images_per_class: Annotated[int, typer.Option(help="Synthetic images per class (MLRSNet: at least 6).")] = 12,
     image_size: Annotated[int, typer.Option(help="Synthetic image side in pixels (at least 37).")] = 40,
     full: Annotated[bool, typer.Option("--full", help="Every cell of every table and figure (153 runs), not only Tables II-IV and the UCM column.")] = False,
 ) -> None:

@@ -66,6 +66,9 @@ class Profile:
     # carry the untrained network's, and evaluation (inference mode) collapses to chance while
     # the same weights with batch statistics classify well (tests/test_science.py).
     bn_momentum: float | None = None
+    # Multiplies the schedule's peak rates (3e-3 / 3e-4). Adam's rate goes with the square root
+    # of the batch, so a profile with a smaller batch than the paper's 100 scales it.
+    lr_scale: float = 1.0
     # A quick profile fills cells cheaply (tests, CPU smoke runs): summarize marks its cells and
     # never counts them in a finding.
     quick: bool = False
@@ -78,12 +81,12 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", epochs=100, batch_size=100, crop=256, probe_epochs=100),
     # `rssc demo`: synthetic data on a CPU. 32 px crops and batch 8 (a ResNet-50 step costs
-    # about the same at 8 as at 16 images on a CPU, and short runs need steps), few epochs,
-    # BatchNorm momentum 0.9 (see `bn_momentum`), the paper's probe (100 epochs), no per-epoch
-    # validation or backups.
-    "demo": Profile("demo", epochs=6, batch_size=8, crop=32, probe_epochs=100,
-                    warmup_epochs=1, bn_momentum=0.9, validate_every_epoch=False,
-                    checkpoint_every_epoch=False),
+    # about the same at 8 as at 16 images on a CPU, and short runs need steps) with the peak
+    # rates scaled to it, few epochs, BatchNorm momentum 0.9 (see `bn_momentum`), the paper's
+    # probe (100 epochs), no per-epoch validation or backups.
+    "demo": Profile("demo", epochs=8, batch_size=8, crop=32, probe_epochs=100,
+                    warmup_epochs=1, bn_momentum=0.9, lr_scale=math.sqrt(8 / 100),
+                    validate_every_epoch=False, checkpoint_every_epoch=False),
     # The smallest run that still goes through every code path (tests).
     "smoke": Profile("smoke", epochs=1, batch_size=8, crop=32, probe_epochs=2, warmup_epochs=1,
                      run_eagerly=True, quick=True),
