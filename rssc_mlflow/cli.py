@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from rssc_mlflow import protocol
-from rssc_mlflow.errors import RsscError
+from rssc_mlflow.errors import Interrupted, RsscError
 
 app = typer.Typer(help=__doc__.splitlines()[0] + "\n\nReproduce 'The Role of Pre-Training in "
                   "High-Resolution Remote Sensing Scene Classification' as MLflow runs.",
@@ -31,12 +31,16 @@ app.add_typer(weights_app, name="weights")
 
 
 def friendly(func: Callable) -> Callable:
-    """Report user errors as one paragraph and exit 1 instead of a traceback."""
+    """Report user errors as one paragraph and exit 1 instead of a traceback; a run interrupted
+    by SIGTERM/SIGINT as one paragraph with the command that continues it, and exit 128+signal."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Interrupted as exc:
+            typer.echo(f"error: {exc.message()}", err=True)
+            raise typer.Exit(exc.exit_code) from None
         except RsscError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

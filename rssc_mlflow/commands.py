@@ -255,6 +255,9 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         checkpoint_dir = config.checkpoint_dir() / run_id
         mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
         hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
+        hold.enter_context(_checkpoint_note_on_interrupt(
+            settings.stage, run_id, checkpoint_dir, settings.epochs,
+            kept=profile.checkpoint_every_epoch))
         policy = models.set_precision(settings.precision)
         mlflow.set_tag("rssc.dtype_policy", policy)
         strategy = models.make_strategy(settings.strategy)
@@ -322,7 +325,35 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
 
 
-TRAINING_STAGES = ("pretrain", "adapt", "finetune")
+TRAINING_STAGES = runs.RESUMABLE_STAGES
+
+
+def epochs_backed_up(checkpoint_dir: Path) -> int | None:
+    """Epochs completed in the run's last backup (Keras BackupAndRestore's metadata), or None."""
+    try:
+        return int(json.loads((checkpoint_dir / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _checkpoint_note_on_interrupt(stage: str, run_id: str, checkpoint_dir: Path, epochs: int,
+                                  *, kept: bool) -> Iterator[None]:
+    """On SIGTERM/SIGINT, tell what the checkpoint holds and how to continue the run."""
+    try:
+        yield
+    except runs.Interrupted as exc:
+        done = epochs_backed_up(checkpoint_dir) if kept else None
+        if done:
+            state = (f"Its checkpoint ({done} of {epochs} epochs done) is kept in "
+                     f"{checkpoint_dir}. ")
+        elif kept:
+            state = "No epoch had finished, so it starts again from epoch 1. "
+        else:
+            state = "This profile keeps no per-epoch checkpoint, so it starts again from epoch 1. "
+        exc.how_to_continue = (f"{state}Continue the same run with "
+                               f"`rssc {stage} --resume {run_id}`.")
+        raise
 
 
 class RunLocked(RsscError):
@@ -344,7 +375,7 @@ def _training_lock(folder: Path, run_id: str) -> Iterator[None]:
 
 
 def can_resume(run: mlflow.entities.Run) -> bool:
-    """Whether an interrupted (RUNNING or FAILED) training run can be continued here: its
+    """Whether an interrupted (RUNNING, FAILED or KILLED) training run can be continued here: its
     checkpoint folder is on this machine and no process is training it."""
     folder = run.data.tags.get(runs.TAG_CHECKPOINT_DIR)
     if run.data.tags.get(runs.TAG_STAGE) not in TRAINING_STAGES or not folder:

@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,7 +27,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 
 from rssc_mlflow import __version__
-from rssc_mlflow.errors import RsscError
+from rssc_mlflow.errors import Interrupted, RsscError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ TAG_GIT_COMMIT = "rssc.git_commit"
 TAG_VERSION = "rssc.version"
 TAG_ERROR = "rssc.error"
 TAG_CHECKPOINT_DIR = "rssc.checkpoint_dir"
+
+# Stages whose runs continue from a checkpoint with `rssc STAGE --resume RUN_ID`.
+RESUMABLE_STAGES = ("pretrain", "adapt", "finetune")
 
 SYNTHETIC_BANNER = (
     "SYNTHETIC DATA: this run used synthetic stand-in images; its numbers are NOT comparable "
@@ -112,6 +117,35 @@ class TrackingServerGone(RsscError):
     """The tracking server stopped answering after training; the results are kept locally."""
 
 
+INTERRUPTING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `Interrupted` in the main thread until the block ends.
+
+    Without this SIGTERM ends the process at once and leaves the run RUNNING. After the first
+    signal both are ignored, so a second one cannot cut short the marking of the run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        for sig in INTERRUPTING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    saved = {sig: signal.getsignal(sig) for sig in INTERRUPTING_SIGNALS}
+    for sig in INTERRUPTING_SIGNALS:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def server_unreachable(exc: BaseException) -> bool:
     """Whether `exc` (or what it was raised from) means the tracking server does not answer."""
     import requests
@@ -157,6 +191,8 @@ def tracked_run(
     Whatever is raised inside is recorded on the run (tag `rssc.error`) before the run is marked
     FAILED and the exception goes on, so no run is ever left RUNNING by an error, except when
     the server itself is gone (`TrackingServerGone`: the error says how to finish the run).
+    SIGTERM or SIGINT inside marks the run KILLED with the signal as its `rssc.error` and raises
+    `Interrupted`, which carries the run id and (training stages) the `--resume` command.
     """
     check_tracking_reachable()
     if resume_run_id:
@@ -188,22 +224,38 @@ def tracked_run(
             TAG_GIT_COMMIT: git_commit(), TAG_VERSION: __version__,
             **(tags or {}),
         })
-    try:
-        yield run
-    except TrackingServerGone:
-        # The server is gone: the run stays RUNNING there until `--resume` finishes it (the
-        # error says how). One quick attempt to end it, no minutes of retries.
-        with _no_http_retries(), contextlib.suppress(Exception):
+    # Signal handlers stay ours until the run is marked, so a second signal cannot cut it short.
+    with _signals_raise_interrupted():
+        try:
+            yield run
+        except Interrupted as exc:
+            exc.run_id = run.info.run_id
+            if not exc.how_to_continue:
+                exc.how_to_continue = (
+                    f"Continue the same run with `rssc {stage} --resume {exc.run_id}`."
+                    if stage in RESUMABLE_STAGES else "Run the same command again.")
+            # One quick attempt each: a pre-empted node has seconds left, not minutes of retries.
+            with _no_http_retries():
+                with contextlib.suppress(Exception):
+                    mlflow.set_tag(TAG_ERROR, f"Interrupted: {exc.signal.name} "
+                                              f"(signal {int(exc.signal)}). {exc.how_to_continue}")
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except TrackingServerGone:
+            # The server is gone: the run stays RUNNING there until `--resume` finishes it (the
+            # error says how). One quick attempt to end it, no minutes of retries.
+            with _no_http_retries(), contextlib.suppress(Exception):
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        except BaseException as exc:
+            message = str(exc) or type(exc).__name__
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {message}"[:5000])
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    except BaseException as exc:
-        message = str(exc) or type(exc).__name__
-        with contextlib.suppress(Exception):
-            mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {message}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+            raise
+        else:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
 EFFECTIVE_PREFIX = "effective_"
