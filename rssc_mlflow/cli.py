@@ -310,13 +310,16 @@ def probe(source: Annotated[str, typer.Option(help="Model reference (not scratch
 @app.command()
 @friendly
 def summarize(
-    experiment: Annotated[str, typer.Option(help="Experiment to read ('' = all experiments).")] = "rssc",
+    experiment: Annotated[Optional[str], typer.Option(help="Experiment to read (default: the one runs go to, MLFLOW_EXPERIMENT_NAME or rssc; '' = all experiments).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the tables, figures and summary.html.")] = Path("rssc_outputs/summary"),
     multilabel_metric: Annotated[str, typer.Option(help="f1_micro, f1_macro, f1_weighted, f1_samples or map.")] = "f1_micro",
 ) -> None:
     """Rebuild Tables II-IV and Figures 1-3 from the tracking store, next to the paper's numbers."""
     from rssc_mlflow.results.summarize import summarize as build
+    from rssc_mlflow.tracking.runs import experiment_name
 
+    if experiment is None:
+        experiment = experiment_name()
     result = build(experiment or None, out, multilabel_metric=multilabel_metric)
     typer.echo(result.console)
     typer.echo(f"\nwritten to {result.out} (open {result.out / 'summary.html'}); "
@@ -440,16 +443,28 @@ def server(
     os.execvp(cmd[0], cmd)
 
 
+# Options that are flags on the command line and "true"/"false" as MLproject parameters.
+_FLAGS = ("--standardize", "--log-model", "--allow-any-version")
+
+
 def run_entry_point(command: str, argv: list[str]) -> None:
-    """MLproject scripts: drop parameters left at "default", then run `rssc COMMAND ...`."""
+    """MLproject scripts: `--name value` pairs -> `rssc COMMAND ...`.
+
+    MLflow appends undeclared parameters as `--batch_size 8`: underscores become dashes. A
+    value "default" (or empty) is dropped, so the command uses its default.
+    """
     args: list[str] = []
     it = iter(argv)
     for flag in it:
         value = next(it, "")
+        flag = "--" + flag.removeprefix("--").replace("_", "-")
         if value in ("default", ""):
             continue
-        if value in ("true", "false") and flag in ("--standardize", "--log-model"):
-            args.append(flag if value == "true" else flag.replace("--", "--no-", 1))
+        if flag in _FLAGS:
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"error: {flag.removeprefix('--')} must be true or false, "
+                                 f"not {value!r}.")
+            args.append(flag if value.lower() == "true" else flag.replace("--", "--no-", 1))
             continue
         args += [flag, value]
     app([command, *args], prog_name="rssc")

@@ -130,9 +130,12 @@ def _pipeline_args(data: _Data, settings: RunSettings) -> dict[str, Any]:
 
 
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
-                   source: registry.ResolvedSource | None) -> None:
+                   source: registry.ResolvedSource, *, log_model: bool | None = None) -> None:
     """Params, the tags that identify the result, inputs and the split manifest."""
-    runs.log_params({**settings.as_params(), "preprocessing_used": preprocessing})
+    params = settings.as_params(peak_lr=_rates(settings, source)[0], preprocessing=preprocessing)
+    if log_model is not None:  # finetune: whether the trained model is logged
+        params["log_model"] = str(log_model).lower()
+    runs.log_params(params)
     tags = {
         runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),
         runs.TAG_SYNTHETIC: str(data.prepared.synthetic).lower(),
@@ -190,13 +193,14 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
         raise RsscError(f"Cannot resume run {run_id!r}: it is not in the tracking store at "
                         f"{mlflow.get_tracking_uri()}.") from None
     p = runs.effective_params(run.data.params)
+    # Runs logged before parameters were resolved hold "default" for values left to the rule.
     opt = lambda k: None if p.get(k, "default") == "default" else p[k]  # noqa: E731
     settings = resolve_settings(
         p["stage"], source=p["source"], target=p.get("target", ""), profile=p["profile"],
         epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
         image_size=int(p["image_size"]), seed=int(p["seed"]),
         lr=float(opt("lr")) if opt("lr") else None, preprocessing=opt("preprocessing"),
-        precision=p["precision"], strategy=p["strategy"], split_file=opt("split_file"),
+        precision=p["precision"], strategy=p.get("strategy", "auto"), split_file=opt("split_file"),
         solver=p.get("solver", "adam"), standardize=p.get("standardize", "").lower() == "true",
     )
     return settings.stage, settings
@@ -251,7 +255,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     with runs.tracked_run(settings.stage, display_source, settings.target,
                           resume_run_id=resume) as run, contextlib.ExitStack() as hold:
         run_id = run.info.run_id
-        _record_inputs(data, settings, fingerprint, preprocessing, source)
+        _record_inputs(data, settings, fingerprint, preprocessing, source,
+                       log_model=log_model if settings.stage == "finetune" else None)
         checkpoint_dir = config.checkpoint_dir() / run_id
         mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
         hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
@@ -325,7 +330,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
 
 
-TRAINING_STAGES = runs.RESUMABLE_STAGES
+TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
 
 
 def epochs_backed_up(checkpoint_dir: Path) -> int | None:

@@ -28,10 +28,12 @@ from mlflow.exceptions import MlflowException
 
 from rssc_mlflow import __version__
 from rssc_mlflow.errors import Interrupted, RsscError
+from rssc_mlflow.settings import TRAINING_STAGES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "rssc"
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
 # Tag names, in one place: results/summarize.py reads exactly these.
 TAG_STAGE = "rssc.stage"
 TAG_SOURCE = "rssc.source"
@@ -54,7 +56,7 @@ TAG_ERROR = "rssc.error"
 TAG_CHECKPOINT_DIR = "rssc.checkpoint_dir"
 
 # Stages whose runs continue from a checkpoint with `rssc STAGE --resume RUN_ID`.
-RESUMABLE_STAGES = ("pretrain", "adapt", "finetune")
+RESUMABLE_STAGES = TRAINING_STAGES
 
 SYNTHETIC_BANNER = (
     "SYNTHETIC DATA: this run used synthetic stand-in images; its numbers are NOT comparable "
@@ -63,7 +65,34 @@ SYNTHETIC_BANNER = (
 
 
 def experiment_name() -> str:
+    """Where every rssc run goes and what `rssc summarize` reads: MLFLOW_EXPERIMENT_NAME or rssc."""
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
+def experiment_id() -> str:
+    """The id of `experiment_name()`, created when missing.
+
+    Passed on explicitly rather than made active with `set_experiment`: when two processes
+    create the experiment at once, the loser's `set_experiment` returns it without making it
+    active, and its run would land in "Default" (seen with 4 runs on one server).
+    """
+    client = mlflow.MlflowClient()
+    name = experiment_name()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created by another process meanwhile
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        raise RsscError(
+            f"The experiment {name!r} is deleted in the tracking store at "
+            f"{mlflow.get_tracking_uri()}. Restore it (`mlflow experiments restore "
+            f"--experiment-id {found.experiment_id}`), or set MLFLOW_EXPERIMENT_NAME to another "
+            "name.")
+    return found.experiment_id
 
 
 def git_commit() -> str:
@@ -210,14 +239,16 @@ def tracked_run(
             mlflow.set_tag("rssc.previous_error", previous)
             mlflow.MlflowClient().delete_tag(resume_run_id, TAG_ERROR)
     else:
-        experiment_id = None
-        if not os.environ.get("MLFLOW_RUN_ID"):
-            # The id is passed on explicitly: when two processes create the experiment at
-            # once, the loser's `set_experiment` returns it without making it active, and its
-            # run would land in "Default" (seen with 4 runs on one server).
-            experiment_id = mlflow.set_experiment(experiment_name()).experiment_id
+        # Under `mlflow run` the run exists already (MLFLOW_RUN_ID), in the experiment that
+        # `mlflow run` chose (`--experiment-name`, or `rssc` through rssc's MLflow plugin).
+        attached = bool(os.environ.get("MLFLOW_RUN_ID"))
         run = mlflow.start_run(run_name=run_name(stage, source, target),
-                               experiment_id=experiment_id, log_system_metrics=True)
+                               experiment_id=None if attached else experiment_id(),
+                               log_system_metrics=True)
+        if attached and run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
+            announce(f"note: this run is in MLflow's experiment 'Default', which `rssc "
+                     f"summarize` does not read; pass `--experiment-name {experiment_name()}` "
+                     "to `mlflow run`.")
         mlflow.set_tags({
             "mlflow.runName": run_name(stage, source, target),
             TAG_STAGE: stage, TAG_SOURCE: source, TAG_TARGET: target,
@@ -264,9 +295,10 @@ EFFECTIVE_PREFIX = "effective_"
 def log_params(params: Mapping[str, Any]) -> None:
     """Log the effective parameters in one call.
 
-    MLflow parameters cannot change. Under `mlflow run` the project's own values ("default")
-    are already logged, so an effective value that differs goes under `effective_<name>`;
-    on resume, values already logged are left alone.
+    MLflow parameters cannot change. Under `mlflow run` the parameters the user passed are
+    already logged as typed (`lr=1e-3`): a value equal to ours, also as a number, is left as
+    it is; one that differs (a run logged before values were resolved) gets ours under
+    `effective_<name>`. On resume, values already logged are left alone.
     """
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
@@ -274,10 +306,19 @@ def log_params(params: Mapping[str, Any]) -> None:
     for key, value in params.items():
         if key not in existing:
             fresh[key] = value
-        elif existing[key] != str(value) and EFFECTIVE_PREFIX + key not in existing:
+        elif not _same_value(existing[key], str(value)) and EFFECTIVE_PREFIX + key not in existing:
             fresh[EFFECTIVE_PREFIX + key] = value
     if fresh:
         mlflow.log_params(fresh)
+
+
+def _same_value(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
 
 
 def effective_params(params: Mapping[str, str]) -> dict[str, str]:

@@ -58,7 +58,8 @@ def test_pretrain_records_everything(pretrained, store):
     assert tags[runs.TAG_GIT_COMMIT] and tags[runs.TAG_VERSION]
     assert tags[runs.TAG_PREPROCESSING] == "unit"
     assert params["epochs"] == "1" and params["batch_size"] == "8" and params["image_size"] == "32"
-    assert params["lr"] == "default" and params["profile"] == "smoke"
+    assert params["lr"] == "0.003" and params["profile"] == "smoke"  # resolved: scratch rule
+    assert params["preprocessing"] == "unit" and "target" not in params and "solver" not in params
     # Per-epoch values (step = epoch) and the final evaluation.
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         history = store.get_metric_history(run.info.run_id, key)
