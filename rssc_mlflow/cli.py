@@ -202,6 +202,7 @@ Strategy = Annotated[str, typer.Option(help="auto, mirrored or multiworker (tf.d
 SplitFile = Annotated[Optional[str], typer.Option(help="A split manifest to use instead of the stratified split.")]
 Resume = Annotated[Optional[str], typer.Option(help="Continue an interrupted run (its run id).")]
 LogModel = Annotated[bool, typer.Option(help="Log the trained Keras model to MLflow.")]
+AnyVersion = Annotated[bool, typer.Option(help="When no registered version of the source has the profile's alias (@paper, @demo, ...), take the newest one (said on the console and in the tag rssc.lineage.note) instead of stopping.")]
 
 
 def _common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision,
@@ -266,13 +267,13 @@ def finetune(source: Annotated[Optional[str], typer.Option(help="Model reference
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
              strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None,
-             log_model: LogModel = True) -> None:
+             log_model: LogModel = True, allow_any_version: AnyVersion = False) -> None:
     """Fine-tune the whole network from SOURCE on TARGET's 20%, test on its 80%."""
     from rssc_mlflow.commands import finetune as run
 
     _require(resume, source=source, target=target)
     _report(run(source or "", target or "", resume=resume, strategy=strategy, log_model=log_model,
-                **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
+                allow_any_version=allow_any_version, **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
 @app.command()
@@ -282,11 +283,11 @@ def extract(source: Annotated[str, typer.Option(help="Model reference (not scrat
             profile: Profile = protocol.DEFAULT_PROFILE, batch_size: BatchSize = None,
             image_size: ImageSize = None, seed: Seed = protocol.SEED,
             preprocessing: Preproc = None, precision: Precision = "float32",
-            split_file: SplitFile = None) -> None:
+            split_file: SplitFile = None, allow_any_version: AnyVersion = False) -> None:
     """Write 2048-d features of TARGET's split (train and test) as a run artifact."""
     from rssc_mlflow.commands import extract as run
 
-    _report(run(source, target, **_common(profile, None, batch_size, image_size, seed, None,
+    _report(run(source, target, allow_any_version=allow_any_version, **_common(profile, None, batch_size, image_size, seed, None,
                                           preprocessing, precision, split_file)))
 
 
@@ -299,11 +300,12 @@ def probe(source: Annotated[str, typer.Option(help="Model reference (not scratch
           profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
           batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
           lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
-          split_file: SplitFile = None) -> None:
+          split_file: SplitFile = None, allow_any_version: AnyVersion = False) -> None:
     """Train a linear classifier on frozen SOURCE features of TARGET (reuses extracted features)."""
     from rssc_mlflow.commands import probe as run
 
     _report(run(source, target, solver=solver, standardize=standardize,
+                allow_any_version=allow_any_version,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
@@ -397,11 +399,12 @@ def weights_download(
     reference: Annotated[str, typer.Argument(help="KEY, imagenet+KEY or models:/... URI.")],
     out: Annotated[Path, typer.Option(help="Folder to write model.keras and the notop weights into.")],
     profile: Profile = protocol.DEFAULT_PROFILE,
+    allow_any_version: AnyVersion = False,
 ) -> None:
     """Write a registered model (.keras) and its backbone as a Keras notop weight file."""
     from rssc_mlflow.tracking.registry import download
 
-    for path in download(reference, out, profile=profile):
+    for path in download(reference, out, profile=profile, allow_any_version=allow_any_version):
         typer.echo(str(path))
 
 

@@ -34,7 +34,7 @@ from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_sett
 from rssc_mlflow.tracking import registry, runs
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
-from rssc_mlflow.training import model_pool, transfer
+from rssc_mlflow.training import model_pool, progress, transfer
 from rssc_mlflow.training.schedule import peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
@@ -202,8 +202,32 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
         lr=float(opt("lr")) if opt("lr") else None, preprocessing=opt("preprocessing"),
         precision=p["precision"], strategy=p.get("strategy", "auto"), split_file=opt("split_file"),
         solver=p.get("solver", "adam"), standardize=p.get("standardize", "").lower() == "true",
+        allow_any_version=p.get("allow_any_version", "").lower() == "true",
     )
     return settings.stage, settings
+
+
+def gpu_warning(profile: str) -> str:
+    """The warning for a `paper` run on a machine where TensorFlow sees no GPU, else ""."""
+    import tensorflow as tf
+
+    if profile != "paper" or tf.config.list_physical_devices("GPU"):
+        return ""
+    prof = get_profile(profile)
+    return (f"WARNING: profile paper ({prof.epochs} epochs at {prof.crop} px) and TensorFlow "
+            "sees no GPU on this machine: this run computes on the CPU and will take hours "
+            "or days. On a GPU machine install the GPU extra (pip install -e '.[gpu]'); for a "
+            "quick run on a CPU use --profile demo.")
+
+
+def _announce_source(settings: RunSettings, source: registry.ResolvedSource) -> None:
+    """Before any work: what the run starts from, any note about it, and the GPU warning."""
+    runs.announce(f"source: {source.describe()}")
+    if source.note:
+        runs.announce(f"note: {source.note}")
+    warning = gpu_warning(settings.profile)
+    if warning:
+        runs.announce(warning)
 
 
 def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[float, int]:
@@ -233,7 +257,8 @@ def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any)
     key = settings.target or settings.source
     reference = {"pretrain": "scratch", "adapt": "imagenet"}.get(stage, settings.source)
     resolved = registry.resolve_source(reference, profile=settings.profile,
-                                       preprocessing=settings.preprocessing)
+                                       preprocessing=settings.preprocessing,
+                                       allow_any_version=settings.allow_any_version)
     return _fingerprint(settings, resolved, load_prepared(key).synthetic)
 
 
@@ -245,11 +270,13 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     """Shared body of pretrain, adapt and finetune."""
     data = _load_data(data_key, role, settings)
     source = registry.resolve_source(reference, profile=settings.profile,
-                                     preprocessing=settings.preprocessing)
+                                     preprocessing=settings.preprocessing,
+                                     allow_any_version=settings.allow_any_version)
     preprocessing = source.preprocessing
     profile = get_profile(settings.profile)
     peak_lr, prof_warmup = _rates(settings, source)
     fingerprint = _fingerprint(settings, source, data.prepared.synthetic)
+    _announce_source(settings, source)
     spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
     with runs.tracked_run(settings.stage, display_source, settings.target,
@@ -273,9 +300,16 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         cache_root = config.cache_dir() / "runs" / run_id
         train, test_ds = _datasets(data, settings, cache_root=cache_root)
         steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
+        n_train, n_test = len(data.split.train), len(data.split.test)
         runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
-                      f"{len(data.split.train)} training images, {len(data.split.test)} "
-                      f"evaluation images, {settings.epochs} epochs, run {run_id}")
+                      f"{n_train} training images, {n_test} evaluation images, "
+                      f"{settings.epochs} epochs, run {run_id}")
+        evaluation = (f", and {n_test} evaluation images after each epoch"
+                      if profile.validate_every_epoch else "")
+        epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs != 1 else "")
+        runs.announce(f"{settings.epochs * n_train:,} image-steps ({epochs} x "
+                      f"{n_train} images at {settings.image_size} px, {steps_per_epoch} steps "
+                      f"of {settings.batch_size} per epoch){evaluation}")
         with strategy.scope():  # a fresh model, or a pooled one reset to the same weights
             trainer = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
                                          source=source, seed=settings.seed,
@@ -299,7 +333,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                     epochs=settings.epochs, steps_per_epoch=steps_per_epoch, schedule=schedule,
                     checkpoint_dir=checkpoint_dir if profile.checkpoint_every_epoch else None,
                     log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
-                    already_logged=_already_logged_epochs(run_id) if resume else None)
+                    already_logged=_already_logged_epochs(run_id) if resume else None,
+                    callbacks=[progress.DurationEstimate(settings.batch_size, runs.announce)])
             except Exception as exc:
                 if not runs.server_unreachable(exc):
                     raise
@@ -555,7 +590,9 @@ def _transfer_setup(stage: str, source: str, target: str, params: dict[str, Any]
                         "from-scratch baseline.")
     data = _load_data(key, "target", settings)
     resolved = registry.resolve_source(settings.source, profile=settings.profile,
-                                       preprocessing=settings.preprocessing)
+                                       preprocessing=settings.preprocessing,
+                                       allow_any_version=settings.allow_any_version)
+    _announce_source(settings, resolved)
     return settings, data, resolved
 
 

@@ -18,6 +18,7 @@ from rssc_mlflow.errors import RsscError
 Stage = Literal["pretrain", "adapt", "extract", "probe", "finetune"]
 STAGES: tuple[str, ...] = ("pretrain", "adapt", "extract", "probe", "finetune")
 TRAINING_STAGES: tuple[str, ...] = ("pretrain", "adapt", "finetune")
+TRANSFER_STAGES: tuple[str, ...] = ("extract", "probe", "finetune")
 PRECISIONS = ("float32", "mixed")
 STRATEGIES = ("auto", "mirrored", "multiworker")
 SOLVERS = ("adam", "lbfgs")
@@ -42,6 +43,8 @@ class RunSettings:
     split_file: str | None
     solver: str
     standardize: bool
+    # A registered source without a version aliased @profile: take the newest (else an error).
+    allow_any_version: bool = False
 
     @property
     def resize(self) -> int:
@@ -71,6 +74,8 @@ class RunSettings:
             params["strategy"] = self.strategy
         if self.stage == "probe":
             params.update(solver=self.solver, standardize=self.standardize)
+        if self.stage in TRANSFER_STAGES:  # the stages that resolve a registered source
+            params["allow_any_version"] = self.allow_any_version
         if self.split_file:
             params["split_file"] = self.split_file
         return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
@@ -99,6 +104,7 @@ def resolve_settings(
     split_file: str | None = None,
     solver: str = "adam",
     standardize: bool = False,
+    allow_any_version: bool = False,
 ) -> RunSettings:
     """Fill in the profile's defaults and refuse invalid values with a message that says why."""
     if stage not in STAGES:
@@ -136,6 +142,7 @@ def resolve_settings(
         batch_size=batch_size, image_size=image_size, seed=int(seed), lr=lr,
         preprocessing=preprocessing, precision=precision, strategy=strategy,
         split_file=split_file or None, solver=solver, standardize=bool(standardize),
+        allow_any_version=bool(allow_any_version),
     )
 
 

@@ -70,12 +70,26 @@ class ResolvedSource:
     uri: str = ""
     fingerprint: str = ""
     note: str = ""
+    aliases: tuple[str, ...] = ()
     local_file: Path | None = None  # a local weight/model file, when there is one
     download_uri: str = ""  # else the MLflow URI it is downloaded from, on first use
 
     @property
     def pretrained(self) -> bool:
         return self.kind != "scratch"
+
+    def describe(self) -> str:
+        """One line for the console: what the run starts from and the input it feeds it."""
+        if self.kind == "scratch":
+            what = "random initialisation (scratch)"
+        elif self.kind == "registered":
+            aliases = ", ".join("@" + a for a in self.aliases) or "no alias"
+            what = f"{self.model_name} version {self.version} ({aliases})"
+        elif self.kind == "imagenet":
+            what = f"ImageNet weights {self.local_file}"
+        else:
+            what = self.uri
+        return f"{what}, preprocessing {self.preprocessing}"
 
     @property
     def path(self) -> Path | None:
@@ -141,8 +155,10 @@ def _download(uri: str) -> Path:
     return _model_file_in(final)
 
 
-def find_version(name: str, profile: str, *, creating: str = "") -> tuple[object, str]:
-    """The version carrying alias @profile, else the newest version (and a note saying so)."""
+def find_version(name: str, profile: str, *, creating: str = "",
+                 allow_any_version: bool = False) -> tuple[object, str]:
+    """The version carrying alias @profile; without one, an error naming the versions there
+    are, or (`allow_any_version`) the newest version and a note saying so."""
     client = _client()
     try:
         return client.get_model_version_by_alias(name, profile), ""
@@ -158,9 +174,26 @@ def find_version(name: str, profile: str, *, creating: str = "") -> tuple[object
             f"Model '{name}' is not registered yet in the tracking store at "
             f"{mlflow.get_tracking_uri()}.{hint}"
         )
-    newest = max(versions, key=lambda v: int(v.version))
-    return newest, (f"no version of '{name}' has alias @{profile}; using the newest, "
-                    f"version {newest.version} (alias: {', '.join(newest.aliases) or 'none'})")
+    versions = sorted(versions, key=lambda v: int(v.version))
+    newest = versions[-1]
+    # search_model_versions leaves aliases out; the registered model has them all.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    aliases = lambda v: ", ".join("@" + a for a in sorted(by_version.get(str(v.version), [])))  # noqa: E731
+    listed = ", ".join(f"{v.version} ({aliases(v) or 'no alias'})" for v in versions)
+    if not allow_any_version:
+        other = next((a for v in reversed(versions) for a in sorted(by_version.get(str(v.version), []))), None)
+        raise ModelError(
+            f"No version of '{name}' has alias @{profile}, the profile of this run; its "
+            f"versions: {listed}. Profiles are never mixed silently: create the @{profile} "
+            f"version with `{creating}`"
+            + (f", run with --profile {other} to use @{other}" if other else "")
+            + f", or pass --allow-any-version to use the newest (version {newest.version})."
+        )
+    newest = client.get_model_version(name, newest.version)  # with its aliases
+    return newest, (f"no version of '{name}' has alias @{profile}; --allow-any-version: using "
+                    f"the newest, version {newest.version} ({aliases(newest) or 'no alias'})")
 
 
 def _from_version(reference: str, mv, note: str, override: str | None) -> ResolvedSource:
@@ -172,13 +205,17 @@ def _from_version(reference: str, mv, note: str, override: str | None) -> Resolv
         preprocessing=override or recorded, model_name=mv.name, version=str(mv.version),
         run_id=mv.run_id or "", uri=f"models:/{mv.name}/{mv.version}",
         fingerprint=tags.get(MV_FINGERPRINT, ""), note=note,
-        download_uri=f"models:/{mv.name}/{mv.version}",
+        aliases=tuple(sorted(mv.aliases or [])), download_uri=f"models:/{mv.name}/{mv.version}",
     )
 
 
-def resolve_source(reference: str, *, profile: str, preprocessing: str | None = None
-                   ) -> ResolvedSource:
-    """Turn a model reference into weights to start from and the preprocessing they expect."""
+def resolve_source(reference: str, *, profile: str, preprocessing: str | None = None,
+                   allow_any_version: bool = False) -> ResolvedSource:
+    """Turn a model reference into weights to start from and the preprocessing they expect.
+
+    A dataset key (or imagenet+key) takes the registered version with alias @profile; without
+    one it is an error, unless `allow_any_version` (then the newest, with a note).
+    """
     ref = reference.strip()
     if ref == "scratch":
         return ResolvedSource(ref, "scratch", "scratch", models.preprocessing_for("scratch", preprocessing))
@@ -205,7 +242,8 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
     init, _, key = ref.partition("+") if "+" in ref else ("scratch", "", ref)
     if key in CATALOG and init in ("scratch", "imagenet"):
         name = registered_name(key, init)
-        mv, note = find_version(name, profile, creating=creating_command(key, init, profile))
+        mv, note = find_version(name, profile, creating=creating_command(key, init, profile),
+                                allow_any_version=allow_any_version)
         return _from_version(ref, mv, note, preprocessing)
     path = Path(ref).expanduser()
     if path.suffix in (".keras", ".h5"):
@@ -263,9 +301,10 @@ def list_models() -> list[dict]:
     return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
 
 
-def download(reference: str, out: Path, *, profile: str) -> list[Path]:
+def download(reference: str, out: Path, *, profile: str,
+             allow_any_version: bool = False) -> list[Path]:
     """Write `model.keras` and a Keras notop backbone weight file for a registered model."""
-    resolved = resolve_source(reference, profile=profile)
+    resolved = resolve_source(reference, profile=profile, allow_any_version=allow_any_version)
     if resolved.path is None or resolved.kind == "imagenet":
         raise ModelError(f"{reference!r} is not a registered model; pass KEY, imagenet+KEY or a "
                          "models:/ URI.")

@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score
 
 from rssc_mlflow import commands, models
 from rssc_mlflow.data.catalog import get_spec
-from rssc_mlflow.errors import RsscError
+from rssc_mlflow.errors import ModelError, RsscError
 from rssc_mlflow.tracking import registry, runs
 
 pytestmark = pytest.mark.slow
@@ -91,8 +91,40 @@ def test_pretrain_registers_with_profile_alias_and_preprocessing(pretrained, sto
     assert mv.tags[registry.MV_SYNTHETIC] == "true"
     resolved = registry.resolve_source("resisc45", profile="smoke")
     assert (resolved.model_name, resolved.version, resolved.note) == ("rssc-resnet50-resisc45", "1", "")
-    fallback = registry.resolve_source("resisc45", profile="paper")
-    assert "no version of 'rssc-resnet50-resisc45' has alias @paper" in fallback.note
+    assert resolved.describe() == "rssc-resnet50-resisc45 version 1 (@smoke), preprocessing unit"
+
+
+def test_profiles_never_mix_silently(pretrained, store, capsys):
+    with pytest.raises(ModelError) as caught:
+        registry.resolve_source("resisc45", profile="paper")
+    assert str(caught.value) == (
+        "No version of 'rssc-resnet50-resisc45' has alias @paper, the profile of this run; its "
+        "versions: 1 (@smoke). Profiles are never mixed silently: create the @paper version "
+        "with `rssc pretrain --source resisc45 --profile paper`, run with --profile smoke to "
+        "use @smoke, or pass --allow-any-version to use the newest (version 1).")
+    experiments = [e.experiment_id for e in store.search_experiments()]
+    before = len(store.search_runs(experiments))
+    with pytest.raises(ModelError, match="has alias @demo"):
+        commands.finetune("resisc45", "ucm", profile="demo", log_model=False)
+    assert len(store.search_runs(experiments)) == before  # refused before any run
+
+    capsys.readouterr()
+    result = commands.finetune("resisc45", "ucm", profile="demo", allow_any_version=True,
+                               log_model=False)
+    out = capsys.readouterr().out
+    note = ("no version of 'rssc-resnet50-resisc45' has alias @demo; --allow-any-version: "
+            "using the newest, version 1 (@smoke)")
+    assert "[rssc] source: rssc-resnet50-resisc45 version 1 (@smoke), preprocessing unit\n" in out
+    assert f"[rssc] note: {note}\n" in out
+    # UCM, 3 images per class, 20% for training: 21 images; demo: 1 epoch, batches of 16.
+    assert ("[rssc] 21 image-steps (1 epoch x 21 images at 32 px, 2 steps of 16 per epoch)\n"
+            in out)
+    assert "s per step of 16 images (steps 2-2): the 0 steps left take about 0 s" in out
+    assert "WARNING: profile paper" not in out  # only the paper profile warns without a GPU
+    run = store.get_run(result.run_id)
+    assert run.data.tags["rssc.lineage.note"] == note
+    assert run.data.params["allow_any_version"] == "true" and run.data.params["profile"] == "demo"
+    assert run.data.tags[runs.TAG_LINEAGE_VERSION] == "1"
 
 
 def test_finetune_records_lineage(pretrained, store):
