@@ -22,7 +22,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.models import infer_signature
 
 from rssc_mlflow import config, models
 from rssc_mlflow.data import pipeline, splits
@@ -450,19 +449,18 @@ def _log_results(model, spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray
     final = _log_evaluation(spec, y_true, probs)
     name = version = ""
     if register_as or log_model:
-        raw = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
-        sample = pipeline.preprocess(raw, preprocessing)  # the logged model's own input
-        signature = infer_signature(sample.numpy(), np.asarray(model(sample, training=False)))
         models.set_precision("float32")  # logging must not depend on the training policy
+        card = registry.ModelCard(spec=spec, crop=settings.image_size,
+                                  preprocessing=preprocessing, synthetic=data.prepared.synthetic,
+                                  metrics=final, test_images=len(data.split.test),
+                                  split_role=data.split.role)
         if register_as:
             name, version = registry.register(
-                model, source_key=data_key, init=register_as, profile=settings.profile,
-                preprocessing=preprocessing, fingerprint=fingerprint,
-                synthetic=data.prepared.synthetic, crop=settings.image_size,
-                signature=signature)
+                model, card=card, source_key=data_key, init=register_as,
+                profile=settings.profile, fingerprint=fingerprint)
             runs.announce(f"registered {name} version {version} as @{settings.profile}")
         else:
-            registry.log_model(model, signature=signature)
+            registry.log_model(model, card=card)
     return final, name, version
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
-from rssc_mlflow import config, models
-from rssc_mlflow.data.catalog import CATALOG
+from rssc_mlflow import config, models, protocol
+from rssc_mlflow.data.catalog import CATALOG, DatasetSpec
 from rssc_mlflow.errors import ModelError
+from rssc_mlflow.tracking import pyfunc_model
 
 # Tags on every registered version (read back by `resolve_source`).
 MV_PREPROCESSING = "preprocessing"
@@ -38,6 +38,8 @@ MV_FINGERPRINT = "fingerprint"
 MV_SOURCE = "source"
 MV_SYNTHETIC = "synthetic"
 MV_CROP = "crop"
+MV_CLASSES = "classes"  # JSON list, in the order of the model's outputs
+MV_TASK = "task"  # single | multi
 
 _DOWNLOAD_COMPLETE = "RSSC_DOWNLOADED"  # written last into a cached model download
 
@@ -258,8 +260,82 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
     )
 
 
-def log_model(model, *, signature, registered_model_name: str | None = None):
-    """Log `model` as the run's `model` artifact, without its optimizer state.
+PREPROCESSING_IN_WORDS = {
+    "unit": "pixels divided by 255 (values in [0, 1])",
+    "imagenet-rgb": "the ImageNet means {means} subtracted in RGB order (the authors' code)",
+    "imagenet-caffe": "Keras's ResNet-50 preprocess_input: RGB to BGR, then the ImageNet means "
+                      "subtracted in BGR order",
+}
+
+
+@dataclasses.dataclass
+class ModelCard:
+    """What a logged model says about itself: its classes, input and held-out result."""
+
+    spec: DatasetSpec
+    crop: int
+    preprocessing: str
+    synthetic: bool
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_images: int = 0
+    split_role: str = "source"
+    head: bool = True  # False: a backbone (an imported notop weight file), features out
+
+    def config(self) -> dict:
+        return pyfunc_model.model_config(
+            classes=list(self.spec.classes) if self.head else [],
+            task=self.spec.task if self.head else "features", crop=self.crop,
+            preprocessing=self.preprocessing)
+
+    def preprocessing_in_words(self) -> str:
+        return PREPROCESSING_IN_WORDS[self.preprocessing].format(
+            means=tuple(protocol.IMAGENET_MEANS_RGB))
+
+    def result(self) -> str:
+        if not self.metrics:
+            return "not evaluated by rssc (imported)"
+        key = "test_accuracy" if "test_accuracy" in self.metrics else next(iter(self.metrics))
+        fraction = "20%" if self.split_role == "source" else "80%"
+        return (f"{key} {100 * self.metrics[key]:.2f}% on the held-out {fraction} of "
+                f"{self.spec.key} ({self.test_images} images)")
+
+    def describe(self, *, name: str, init: str, profile: str, uri: str) -> str:
+        """The version's description (markdown): the model card."""
+        started = "from scratch" if init == "scratch" else "from ImageNet weights"
+        resize = protocol.resize_for_crop(self.crop)
+        lines = [
+            f"ResNet-50 pre-trained {started} on {self.spec.title} (`{self.spec.key}`, "
+            f"{self.spec.task}-label, {self.spec.num_classes} classes) by rssc-mlflow, profile "
+            f"`{profile}`.",
+        ]
+        if self.synthetic:
+            lines.append("**SYNTHETIC**: trained on synthetic stand-in images; its numbers are "
+                         "not comparable to the paper.")
+        lines += [
+            "",
+            f"- source dataset: `{self.spec.key}`; init: {init}; profile: {profile}",
+            f"- input: resized to {resize} x {resize} px, central crop {self.crop} x {self.crop} "
+            f"px; preprocessing `{self.preprocessing}`: {self.preprocessing_in_words()}",
+            f"- held-out result: {self.result()}",
+            (f"- classes ({self.spec.num_classes}, in output order): "
+             + ", ".join(self.spec.classes)) if self.head else
+            "- no classification head (imported backbone): outputs the 2048 pooled features",
+            "",
+            f"`mlflow.pyfunc.load_model(\"{uri}\").predict(images)` takes decoded uint8 RGB "
+            "images of any size, shape (n, height, width, 3), and does the resize, crop and "
+            "preprocessing itself; it returns a DataFrame with "
+            + ("the features f0 .. f2047" if not self.head else
+               ("`labels` (the labels above 0.5)" if self.spec.multilabel else "`class`")
+               + " and one probability column per class") + ". "
+            f"`mlflow.keras.load_model(\"{uri}\")` gives the Keras model, whose input is float32 "
+            f"(n, {self.crop}, {self.crop}, 3) already preprocessed as above.",
+        ]
+        return "\n".join(lines)
+
+
+def log_model(model, *, card: ModelCard, registered_model_name: str | None = None):
+    """Log `model` as the run's `model` artifact (keras + pyfunc, `pyfunc_model`), without its
+    optimizer state.
 
     Keras saves a compiled model with Adam's two moment slots per weight: three times the
     weights (~270 MB instead of ~95 MB for ResNet-50). Transfer runs only read the weights, so
@@ -271,24 +347,35 @@ def log_model(model, *, signature, registered_model_name: str | None = None):
     if getattr(model, "optimizer", None) is not None:
         logged = keras.models.clone_model(model)
         logged.set_weights(model.get_weights())
-    return mlflow.keras.log_model(logged, name="model", signature=signature,
-                                  registered_model_name=registered_model_name,
-                                  pip_requirements=PIP_REQUIREMENTS)
+    return pyfunc_model.log_model(logged, config=card.config(),
+                                  pip_requirements=PIP_REQUIREMENTS,
+                                  registered_model_name=registered_model_name)
 
 
-def register(model, *, source_key: str, init: str, profile: str, preprocessing: str,
-             fingerprint: str, synthetic: bool, crop: int, signature) -> tuple[str, str]:
-    """Log `model` to the active run, register it and give it the profile as alias."""
+def register(model, *, card: ModelCard, source_key: str, init: str, profile: str,
+             fingerprint: str) -> tuple[str, str]:
+    """Log `model` to the active run, register it, give it the profile as alias, its tags and
+    its model card (the version's description)."""
     name = registered_name(source_key, init)
-    info = log_model(model, signature=signature, registered_model_name=name)
+    info = log_model(model, card=card, registered_model_name=name)
     version = str(info.registered_model_version)
     client = _client()
-    tags = {MV_PREPROCESSING: preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,
+    tags = {MV_PREPROCESSING: card.preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,
             MV_FINGERPRINT: fingerprint, MV_SOURCE: source_key,
-            MV_SYNTHETIC: str(synthetic).lower(), MV_CROP: str(crop)}
+            MV_SYNTHETIC: str(card.synthetic).lower(), MV_CROP: str(card.crop),
+            MV_CLASSES: json.dumps(card.config()["classes"]), MV_TASK: card.config()["task"]}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, profile, version)
+    client.update_model_version(name, version, description=card.describe(
+        name=name, init=init, profile=profile, uri=f"models:/{name}@{profile}"))
+    started = "from scratch" if init == "scratch" else "from ImageNet weights"
+    client.update_registered_model(name, description=(
+        f"ResNet-50 backbones pre-trained {started} on {card.spec.title} "
+        f"(`{source_key}`) by rssc-mlflow (`{creating_command(source_key, init, profile)}`). "
+        "One version per training run; its alias is the profile it was trained with (@paper: "
+        "the paper's protocol; @demo and @smoke: small CPU runs). Each version's description "
+        f"is its model card. Load one with `mlflow.pyfunc.load_model(\"models:/{name}@paper\")`."))
     return name, version
 
 
@@ -337,12 +424,16 @@ def import_model(path: Path, *, source_key: str, init: str, profile: str,
     models.check_resnet50(models.backbone_of(model))
     mode = models.preprocessing_for(init, preprocessing)
     crop = int(model.input_shape[1] or 256)
-
-    sample = np.zeros((1, crop, crop, 3), np.float32)
-    signature = infer_signature(sample, np.asarray(model(sample, training=False)))
+    outputs = int(model.outputs[0].shape[-1])
+    head = outputs != models.FEATURE_DIM or model.layers[-1].name != models.POOL_NAME
+    if head and outputs != spec.num_classes:
+        raise ModelError(
+            f"{path} has {outputs} outputs, but {source_key} has {spec.num_classes} classes: "
+            f"import the classifier trained on {source_key} (with its head), or its backbone "
+            "as a notop weight file.")
+    card = ModelCard(spec=spec, crop=crop, preprocessing=mode, synthetic=False, head=head)
     with runs.tracked_run("import", source_key, tags={"rssc.imported_file": str(Path(path).name)}):
         mlflow.log_params({"file": Path(path).name, "init": init, "profile": profile,
                            "preprocessing": mode, "num_classes": spec.num_classes})
-        return register(model, source_key=source_key, init=init, profile=profile,
-                        preprocessing=mode, fingerprint="imported", synthetic=False, crop=crop,
-                        signature=signature)
+        return register(model, card=card, source_key=source_key, init=init, profile=profile,
+                        fingerprint="imported")

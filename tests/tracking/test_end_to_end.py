@@ -227,9 +227,12 @@ def test_nan_loss_marks_the_run_failed_with_the_epoch(world, store):
 
 def test_weights_import_registers_a_checked_file(pretrained, store, tmp_path):
     model_path, _, _ = registry.download("resisc45", tmp_path, profile="smoke")
-    name, version = registry.import_model(model_path, source_key="ucm", init="imagenet",
+    with pytest.raises(ModelError, match="has 45 outputs, but ucm has 21 classes"):
+        registry.import_model(model_path, source_key="ucm", init="imagenet", profile="smoke",
+                              preprocessing=None)
+    name, version = registry.import_model(model_path, source_key="resisc45", init="imagenet",
                                           profile="smoke", preprocessing=None)
-    assert name == "rssc-resnet50-imagenet-ucm"
+    assert name == "rssc-resnet50-imagenet-resisc45"
     mv = store.get_model_version_by_alias(name, "smoke")
     assert str(mv.version) == version
     assert mv.tags[registry.MV_PREPROCESSING] == "imagenet-rgb"  # ImageNet lineage default
