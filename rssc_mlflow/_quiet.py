@@ -12,7 +12,8 @@ TensorFlow, absl, oneDNN and MLflow print around them.
   that are not its start-up notices are written out: absl's "All log messages before
   absl::InitializeLog()" and the two "oneDNN custom operations are on" lines are printed before
   TF_CPP_MIN_LOG_LEVEL is read.
-- The Python loggers of TensorFlow and absl show errors only, MLflow's warnings and errors.
+- The Python loggers of TensorFlow and absl show errors only; MLflow's (`MLFLOW_LOGGING_LEVEL`,
+  unless set) warnings and errors, not its INFO lines about system metrics and the store.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def install() -> None:
     if verbose() or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     for name, level in (("tensorflow", logging.ERROR), ("absl", logging.ERROR),
                         ("mlflow", logging.WARNING)):
         logging.getLogger(name).setLevel(level)

@@ -16,8 +16,12 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from rssc_mlflow import protocol
+from rssc_mlflow import _quiet, protocol
 from rssc_mlflow.errors import Interrupted, RsscError
+
+# Before anything imports TensorFlow (the commands import it when they run). RSSC_VERBOSE=1 or
+# a TF_CPP_MIN_LOG_LEVEL of the user's keeps TensorFlow's, absl's and oneDNN's notices.
+_quiet.install()
 
 app = typer.Typer(help=__doc__.splitlines()[0] + "\n\nReproduce 'The Role of Pre-Training in "
                   "High-Resolution Remote Sensing Scene Classification' as MLflow runs.",
@@ -364,7 +368,6 @@ def demo(
     image_size: Annotated[int, typer.Option(help="Synthetic image side in pixels (at least 37).")] = 40,
 ) -> None:
     """The whole pipeline on SYNTHETIC data in ~10 CPU minutes: every table and figure cell."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices
     from rssc_mlflow.demo import run_demo
 
     if not run_demo(out, images_per_class=images_per_class, image_size=image_size,

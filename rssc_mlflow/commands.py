@@ -300,12 +300,12 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         train, test_ds = _datasets(data, settings, cache_root=cache_root)
         steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
         n_train, n_test = len(data.split.train), len(data.split.test)
+        epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs != 1 else "")
         runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
-                      f"{n_train} training images, {n_test} evaluation images, "
-                      f"{settings.epochs} epochs, run {run_id}")
+                      f"{n_train} training images, {n_test} evaluation images, {epochs}, "
+                      f"run {run_id}")
         evaluation = (f", and {n_test} evaluation images after each epoch"
                       if profile.validate_every_epoch else "")
-        epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs != 1 else "")
         runs.announce(f"{settings.epochs * n_train:,} image-steps ({epochs} x "
                       f"{n_train} images at {settings.image_size} px, {steps_per_epoch} steps "
                       f"of {settings.batch_size} per epoch){evaluation}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 
@@ -340,7 +340,8 @@ def log_history(run_id: str, rows: list[Mapping[str, float]]) -> None:
 def log_dataset_input(name: str, path: Path, digest: str, context: str,
                       tags: Mapping[str, str] | None = None) -> None:
     """Record a dataset (or one split of it) as a run input, identified by its digest."""
-    source = resolve_dataset_source(str(path))
+    # Said to be local, not guessed: resolving a path warns that two registered sources match.
+    source = get_dataset_source_from_json(json.dumps({"uri": str(path)}), source_type="local")
     mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
                      tags=dict(tags or {}))
 

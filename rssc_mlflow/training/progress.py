@@ -25,8 +25,10 @@ class DurationEstimate(keras.callbacks.Callback):
     steps left will take at that pace (`say`, e.g. `runs.announce`).
 
     The first step is left out: it includes tracing and the first decoding of the images, so it
-    says nothing about the steps after it. Evaluation after each epoch comes on top. A run of
-    one step has nothing to time and gets no estimate. `clock` is for tests.
+    says nothing about the steps after it. The timed steps stay within the first epoch, so no
+    evaluation is timed with them; it comes on top. An epoch of one step has nothing to time and
+    gets no estimate, nor does a run with no step left after the timed ones. `clock` is for
+    tests.
     """
 
     def __init__(self, batch_size: int, say: Callable[[str], None], *,
@@ -48,17 +50,15 @@ class DurationEstimate(keras.callbacks.Callback):
         if self._first_epoch is None:
             self._first_epoch = epoch  # > 0 for a resumed run
 
-    def _total_steps(self) -> int:
-        params = self.params or {}
-        return (int(params.get("epochs", 1)) - (self._first_epoch or 0)) * int(params.get("steps") or 0)
-
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self.seconds_per_step is not None:
             return
         self._seen += 1
-        total = self._total_steps()
-        timed = min(self._measured_steps, total - 1)
-        if timed < 1:
+        params = self.params or {}
+        steps = int(params.get("steps") or 0)
+        total = (int(params.get("epochs", 1)) - (self._first_epoch or 0)) * steps
+        timed = min(self._measured_steps, steps - 1)
+        if timed < 1 or total - 1 - timed < 1:
             return
         if self._seen == 1:
             _wait_for(logs)

@@ -44,11 +44,20 @@ def test_a_resumed_run_counts_only_the_epochs_left():
     assert "the 97 steps left take about 3 min" in said[0]
 
 
-def test_one_step_has_nothing_to_time():
+def test_timed_steps_stay_in_the_first_epoch():
     said, clock = [], Clock()
-    estimate = DurationEstimate(8, said.append, clock=clock)
-    _drive(estimate, clock, epochs=1, steps=1, first_epoch=0, step_s=[3.0])
-    assert said == [] and estimate.estimate_s is None
+    estimate = DurationEstimate(8, said.append, measured_steps=5, clock=clock)
+    _drive(estimate, clock, epochs=4, steps=3, first_epoch=0, step_s=[9.0, 1.0, 3.0, 50.0])
+    assert estimate.seconds_per_step == 2.0  # steps 2 and 3; step 4 starts epoch 2
+    assert said[0].startswith("measured 2.00 s per step of 8 images (steps 2-3): the 9 steps")
+
+
+def test_nothing_to_time_or_nothing_left():
+    for epochs, steps in ((5, 1), (1, 2)):  # one step per epoch; one step timed, none left
+        said, clock = [], Clock()
+        estimate = DurationEstimate(8, said.append, clock=clock)
+        _drive(estimate, clock, epochs=epochs, steps=steps, first_epoch=0, step_s=[3.0] * 5)
+        assert said == [] and estimate.estimate_s is None
 
 
 def test_format_duration():

@@ -1,0 +1,71 @@
+"""Quiet by default: a real `rssc finetune` prints rssc's lines and Keras's progress, nothing else.
+
+The check itself is shown to catch the noise: with RSSC_VERBOSE=1 the same start-up of
+TensorFlow (and the uint8 transpose the augmentation does) prints the notices it filters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# What the package prints, and Keras's per-epoch progress (verbose=2).
+ALLOWED = re.compile(r"\[rssc\] .*|Epoch \d+/\d+|\d+/\d+ - \d+s - .*|"
+                     r"SYNTHETIC DATA: not comparable to the paper\.|"
+                     r"run [0-9a-f]{32} FINISHED .*|registered models:/.*")
+NOISE = re.compile(r"oneDNN|absl|I0000|W0000|E0000|cpu_feature_guard|Warning|WARNING|INFO")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "RSSC_VERBOSE", "MLFLOW_LOGGING_LEVEL",
+                        "PYTHONWARNINGS")}
+    return {**env, **extra}
+
+
+def test_a_smoke_finetune_prints_only_rssc_and_keras_lines(world, tmp_path):
+    env = _clean_env(RSSC_DATA_DIR=str(world.data_dir),
+                     MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                     RSSC_CHECKPOINT_DIR=str(tmp_path / "checkpoints"))
+    done = subprocess.run(
+        [sys.executable, "-m", "rssc_mlflow.cli", "finetune", "--source", "scratch",
+         "--target", "ucm", "--profile", "smoke", "--no-log-model"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert [line for line in lines if not ALLOWED.fullmatch(line)] == []
+    assert any(re.fullmatch(r"3/3 - \d+s - .*val_accuracy.*", line) for line in lines)  # Keras
+    assert any(line.startswith("run ") and "FINISHED" in line for line in lines)
+
+
+# TensorFlow's import and the uint8 transpose of the training augmentation (oneDNN's E0000).
+START_UP = textwrap.dedent("""
+    import rssc_mlflow.cli  # what every entry point imports first
+    import numpy as np
+    import tensorflow as tf
+    images = tf.data.Dataset.from_tensor_slices(np.zeros((2, 8, 8, 3), np.uint8))
+    list(images.map(lambda x: tf.transpose(x, [1, 0, 2])))
+    import mlflow
+    print("done")
+""")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_notices_are_there_unless_quieted(verbose, tmp_path):
+    env = _clean_env(**({"RSSC_VERBOSE": "1"} if verbose else {}))
+    done = subprocess.run([sys.executable, "-c", START_UP], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
+    noise = [line for line in done.stderr.splitlines() if NOISE.search(line)]
+    if verbose:
+        assert any("oneDNN custom operations are on" in line for line in noise), done.stderr
+        assert any("oneDNN supports DT_UINT8" in line for line in noise), done.stderr
+    else:
+        assert noise == [] and done.stderr.strip() == ""
