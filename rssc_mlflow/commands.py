@@ -137,7 +137,7 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
     runs.log_params(params)
     tags = {
         runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),
-        runs.TAG_SYNTHETIC: str(data.prepared.synthetic).lower(),
+        runs.TAG_SYNTHETIC: str(_synthetic(data, source)).lower(),
         runs.TAG_FINGERPRINT: fingerprint, runs.TAG_DATASET_DIGEST: data.prepared.manifest_digest,
         runs.TAG_SPLIT_DIGEST: data.split.digest, runs.TAG_PREPROCESSING: preprocessing,
     }
@@ -147,6 +147,8 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
                      runs.TAG_LINEAGE_RUN: source.run_id, runs.TAG_LINEAGE_URI: source.uri})
         if source.note:
             tags["rssc.lineage.note"] = source.note
+        # Which ImageNet weights the lineage started from (path, sha256, Keras's or not).
+        tags.update({f"rssc.lineage.{k}": v for k, v in source.imagenet_weights.items()})
     mlflow.set_tags(tags)
     for part, files in (("train", data.split.train), ("test", data.split.test)):
         runs.log_dataset_input(f"{data.spec.key}-{data.split.role}-{part}", data.prepared.path,
@@ -156,6 +158,13 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
     runs.log_json_artifact(json.loads(data.split.to_json()), f"split/{data.spec.key}-{data.split.role}.json")
     if data.prepared.synthetic:
         runs.announce(runs.SYNTHETIC_BANNER)
+    elif source.synthetic:
+        runs.announce(runs.SYNTHETIC_WEIGHTS_BANNER)
+
+
+def _synthetic(data: _Data, source: registry.ResolvedSource) -> bool:
+    """A result is synthetic when its images are, or when the weights it starts from are."""
+    return data.prepared.synthetic or source.synthetic
 
 
 def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -258,7 +267,7 @@ def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any)
     resolved = registry.resolve_source(reference, profile=settings.profile,
                                        preprocessing=settings.preprocessing,
                                        allow_any_version=settings.allow_any_version)
-    return _fingerprint(settings, resolved, load_prepared(key).synthetic)
+    return _fingerprint(settings, resolved, load_prepared(key).synthetic or resolved.synthetic)
 
 
 # --- Training stages -------------------------------------------------------------------------
@@ -274,7 +283,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     preprocessing = source.preprocessing
     profile = get_profile(settings.profile)
     peak_lr, prof_warmup = _rates(settings, source)
-    fingerprint = _fingerprint(settings, source, data.prepared.synthetic)
+    fingerprint = _fingerprint(settings, source, _synthetic(data, source))
     _announce_source(settings, source)
     spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
@@ -348,7 +357,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             final, name, version = _log_results(
                 model, spec, y_true, probs, test_ds, settings, data, register_as=register_as,
                 log_model=log_model, data_key=data_key, preprocessing=preprocessing,
-                fingerprint=fingerprint)
+                fingerprint=fingerprint, source=source)
         except Exception as exc:
             if not runs.server_unreachable(exc):
                 raise
@@ -361,7 +370,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         runs.announce(f"done: {_format_metrics(final)}")
     for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
         shutil.rmtree(folder, ignore_errors=True)
-    return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
+    return RunResult(run_id, settings.stage, final, _synthetic(data, source), name, version)
 
 
 TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
@@ -443,17 +452,18 @@ def _keep_unlogged(folder: Path, model, probs: np.ndarray, y_true: np.ndarray) -
 
 def _log_results(model, spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray, test_ds,
                  settings: RunSettings, data: _Data, *, register_as: str | None,
-                 log_model: bool, data_key: str, preprocessing: str, fingerprint: str
-                 ) -> tuple[dict[str, float], str, str]:
+                 log_model: bool, data_key: str, preprocessing: str, fingerprint: str,
+                 source: registry.ResolvedSource) -> tuple[dict[str, float], str, str]:
     """Final metrics and evaluation artifacts, then the model (registered or logged)."""
     final = _log_evaluation(spec, y_true, probs)
     name = version = ""
     if register_as or log_model:
         models.set_precision("float32")  # logging must not depend on the training policy
         card = registry.ModelCard(spec=spec, crop=settings.image_size,
-                                  preprocessing=preprocessing, synthetic=data.prepared.synthetic,
+                                  preprocessing=preprocessing, synthetic=_synthetic(data, source),
                                   metrics=final, test_images=len(data.split.test),
-                                  split_role=data.split.role)
+                                  split_role=data.split.role,
+                                  imagenet_weights=source.imagenet_weights)
         if register_as:
             name, version = registry.register(
                 model, card=card, source_key=data_key, init=register_as,
@@ -519,17 +529,9 @@ def _feature_key(source: registry.ResolvedSource, split: splits.SplitManifest,
     """Features are reusable when the model version, split, preprocessing and crop match."""
     weights_id = source.uri
     if source.kind in ("imagenet", "file") and source.local_file is not None:
-        weights_id += ":" + _file_sha256(source.local_file)
+        weights_id += ":" + registry.file_digests(source.local_file)[0]
     blob = json.dumps([weights_id, source.version, split.digest, preprocessing, crop])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _find_features(feature_key: str) -> tuple[str, Path] | None:
@@ -597,19 +599,19 @@ def _transfer_setup(stage: str, source: str, target: str, params: dict[str, Any]
 def extract(source: str, target: str, **params: Any) -> RunResult:
     """Write 2048-d features of `target`'s split (train and test) as a run artifact."""
     settings, data, resolved = _transfer_setup("extract", source, target, params)
-    fingerprint = _fingerprint(settings, resolved, data.prepared.synthetic)
+    fingerprint = _fingerprint(settings, resolved, _synthetic(data, resolved))
     with runs.tracked_run("extract", settings.source, settings.target) as run:
         _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
         arrays = _features(settings, data, resolved, resolved.preprocessing)
         mlflow.log_metrics({"train_images": len(arrays["train_x"]),
                             "test_images": len(arrays["test_x"])})
-    return RunResult(run.info.run_id, "extract", {}, data.prepared.synthetic)
+    return RunResult(run.info.run_id, "extract", {}, _synthetic(data, resolved))
 
 
 def probe(source: str, target: str, **params: Any) -> RunResult:
     """Train a linear classifier on frozen features of `source` for `target` (Fig. 1, Table III)."""
     settings, data, resolved = _transfer_setup("probe", source, target, params)
-    fingerprint = _fingerprint(settings, resolved, data.prepared.synthetic)
+    fingerprint = _fingerprint(settings, resolved, _synthetic(data, resolved))
     with runs.tracked_run("probe", settings.source, settings.target) as run:
         _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
         arrays = _features(settings, data, resolved, resolved.preprocessing)
@@ -621,4 +623,4 @@ def probe(source: str, target: str, **params: Any) -> RunResult:
         runs.log_history(run.info.run_id, result.history)
         final = _log_evaluation(data.spec, arrays["test_y"], result.test_probs)
         runs.announce(f"done: {_format_metrics(final)}")
-    return RunResult(run.info.run_id, "probe", final, data.prepared.synthetic)
+    return RunResult(run.info.run_id, "probe", final, _synthetic(data, resolved))

@@ -14,6 +14,7 @@ back here, so it travels with the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -22,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 
 from rssc_mlflow import config, models, protocol
@@ -40,6 +40,12 @@ MV_SYNTHETIC = "synthetic"
 MV_CROP = "crop"
 MV_CLASSES = "classes"  # JSON list, in the order of the model's outputs
 MV_TASK = "task"  # single | multi
+# Where ImageNet-lineage weights came from, on the run and on every version downstream.
+MV_IMAGENET_FILE = "imagenet_weights_file"
+MV_IMAGENET_SHA256 = "imagenet_weights_sha256"
+MV_IMAGENET_ORIGIN = "imagenet_weights_origin"  # one of IMAGENET_ORIGINS
+IMAGENET_ORIGINS = ("keras-published", "synthetic-stand-in", "other-file")
+KERAS_IMAGENET_URI = "keras.applications.ResNet50(weights='imagenet')"
 
 _DOWNLOAD_COMPLETE = "RSSC_DOWNLOADED"  # written last into a cached model download
 
@@ -73,6 +79,9 @@ class ResolvedSource:
     fingerprint: str = ""
     note: str = ""
     aliases: tuple[str, ...] = ()
+    # The ImageNet weights at the root of the lineage (MV_IMAGENET_* keys), when there are any.
+    imagenet_weights: dict[str, str] = dataclasses.field(default_factory=dict)
+    synthetic: bool = False  # the weights came from synthetic data (a stand-in, a demo model)
     local_file: Path | None = None  # a local weight/model file, when there is one
     download_uri: str = ""  # else the MLflow URI it is downloaded from, on first use
 
@@ -88,7 +97,12 @@ class ResolvedSource:
             aliases = ", ".join("@" + a for a in self.aliases) or "no alias"
             what = f"{self.model_name} version {self.version} ({aliases})"
         elif self.kind == "imagenet":
-            what = f"ImageNet weights {self.local_file}"
+            origin = {"keras-published": "Keras's published file",
+                      "synthetic-stand-in": "NOT Keras's file: a SYNTHETIC stand-in",
+                      "other-file": "NOT Keras's published file"}[
+                self.imagenet_weights[MV_IMAGENET_ORIGIN]]
+            what = (f"ImageNet weights {self.local_file} ({origin}, sha256 "
+                    f"{self.imagenet_weights[MV_IMAGENET_SHA256][:12]})")
         else:
             what = self.uri
         return f"{what}, preprocessing {self.preprocessing}"
@@ -110,6 +124,46 @@ class ResolvedSource:
             return
         source = models.load_model_file(self.path)
         models.copy_backbone_weights(models.backbone_of(source), backbone)
+
+
+@functools.lru_cache(maxsize=16)
+def _digests(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, md5) of a file, computed once per process while it is unchanged."""
+    stat = Path(path).stat()
+    return _digests(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def keras_imagenet_notop_md5() -> str:
+    """The md5 Keras checks its downloaded ResNet-50 notop ImageNet file against."""
+    from keras.src.applications.resnet import WEIGHTS_HASHES
+
+    return WEIGHTS_HASHES["resnet50"][1]
+
+
+def imagenet_origin(path: Path) -> dict[str, str]:
+    """Which ImageNet weights a file holds: Keras's published file (its known md5), a synthetic
+    stand-in (a JSON next to it saying `"synthetic": true`, as `rssc demo` writes), or another
+    file. Keys: MV_IMAGENET_FILE, MV_IMAGENET_SHA256, MV_IMAGENET_ORIGIN."""
+    sha256, md5 = file_digests(path)
+    if md5 == keras_imagenet_notop_md5():
+        origin = "keras-published"
+    else:
+        try:
+            marker = json.loads(Path(path).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            marker = {}
+        origin = "synthetic-stand-in" if marker.get("synthetic") is True else "other-file"
+    return {MV_IMAGENET_FILE: str(Path(path).resolve()), MV_IMAGENET_SHA256: sha256,
+            MV_IMAGENET_ORIGIN: origin}
 
 
 def _client() -> mlflow.MlflowClient:
@@ -208,6 +262,9 @@ def _from_version(reference: str, mv, note: str, override: str | None) -> Resolv
         run_id=mv.run_id or "", uri=f"models:/{mv.name}/{mv.version}",
         fingerprint=tags.get(MV_FINGERPRINT, ""), note=note,
         aliases=tuple(sorted(mv.aliases or [])), download_uri=f"models:/{mv.name}/{mv.version}",
+        imagenet_weights={k: tags[k] for k in (MV_IMAGENET_FILE, MV_IMAGENET_SHA256,
+                                               MV_IMAGENET_ORIGIN) if k in tags},
+        synthetic=tags.get(MV_SYNTHETIC, "false") == "true",
     )
 
 
@@ -222,10 +279,20 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
     if ref == "scratch":
         return ResolvedSource(ref, "scratch", "scratch", models.preprocessing_for("scratch", preprocessing))
     if ref == "imagenet":
+        path = models.imagenet_weights_path()
+        weights = imagenet_origin(path)
+        origin = weights[MV_IMAGENET_ORIGIN]
         return ResolvedSource(ref, "imagenet", "imagenet",
                               models.preprocessing_for("imagenet", preprocessing),
-                              uri="keras.applications.ResNet50(weights='imagenet')",
-                              local_file=models.imagenet_weights_path())
+                              uri=KERAS_IMAGENET_URI if origin == "keras-published"
+                              else path.resolve().as_uri(),
+                              imagenet_weights=weights,
+                              synthetic=origin == "synthetic-stand-in", local_file=path,
+                              note="" if origin == "keras-published" else
+                              f"the ImageNet weight file {path} is not Keras's published "
+                              f"{models.IMAGENET_WEIGHTS_FILE} (md5 differs)"
+                              + ("; it is a SYNTHETIC stand-in" if origin == "synthetic-stand-in"
+                                 else ""))
     if ref.startswith("models:/"):
         m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
         if m:
@@ -280,6 +347,7 @@ class ModelCard:
     test_images: int = 0
     split_role: str = "source"
     head: bool = True  # False: a backbone (an imported notop weight file), features out
+    imagenet_weights: dict[str, str] = dataclasses.field(default_factory=dict)  # MV_IMAGENET_*
 
     def config(self) -> dict:
         return pyfunc_model.model_config(
@@ -317,6 +385,9 @@ class ModelCard:
             f"- input: resized to {resize} x {resize} px, central crop {self.crop} x {self.crop} "
             f"px; preprocessing `{self.preprocessing}`: {self.preprocessing_in_words()}",
             f"- held-out result: {self.result()}",
+            *([f"- ImageNet weights at the root of its lineage: "
+               f"{self.imagenet_weights[MV_IMAGENET_ORIGIN]}, sha256 "
+               f"{self.imagenet_weights[MV_IMAGENET_SHA256]}"] if self.imagenet_weights else []),
             (f"- classes ({self.spec.num_classes}, in output order): "
              + ", ".join(self.spec.classes)) if self.head else
             "- no classification head (imported backbone): outputs the 2048 pooled features",
@@ -364,6 +435,7 @@ def register(model, *, card: ModelCard, source_key: str, init: str, profile: str
             MV_FINGERPRINT: fingerprint, MV_SOURCE: source_key,
             MV_SYNTHETIC: str(card.synthetic).lower(), MV_CROP: str(card.crop),
             MV_CLASSES: json.dumps(card.config()["classes"]), MV_TASK: card.config()["task"]}
+    tags.update(card.imagenet_weights)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, profile, version)

@@ -62,6 +62,10 @@ SYNTHETIC_BANNER = (
     "SYNTHETIC DATA: this run used synthetic stand-in images; its numbers are NOT comparable "
     "to the paper."
 )
+SYNTHETIC_WEIGHTS_BANNER = (
+    "SYNTHETIC WEIGHTS: this run starts from weights trained on synthetic images (e.g. the "
+    "demo's ImageNet stand-in); its numbers are NOT comparable to the paper."
+)
 
 
 def experiment_name() -> str:

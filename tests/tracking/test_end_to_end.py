@@ -7,6 +7,7 @@ lbfgs probe from the logged features) are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import keras
@@ -285,10 +286,18 @@ def test_adapt_from_imagenet_weights_records_imagenet_preprocessing(world, store
     assert mv.tags[registry.MV_LINEAGE] == "imagenet"
     adapt_run = store.get_run(adapted.run_id)
     assert adapt_run.data.tags[runs.TAG_LINEAGE_NAME] == "imagenet"
+    # The lineage says which file it was, and that it is not Keras's published one.
+    origin = {registry.MV_IMAGENET_FILE: str(weights.resolve()),
+              registry.MV_IMAGENET_SHA256: hashlib.sha256(weights.read_bytes()).hexdigest(),
+              registry.MV_IMAGENET_ORIGIN: "other-file"}
+    assert adapt_run.data.tags[runs.TAG_LINEAGE_URI] == weights.resolve().as_uri()
+    assert {k: adapt_run.data.tags[f"rssc.lineage.{k}"] for k in origin} == origin
+    assert {k: mv.tags[k] for k in origin} == origin  # on the registered version downstream
     assert store.get_metric_history(adapted.run_id, "lr")[0].value == pytest.approx(3e-4, rel=1e-5)
     probe = commands.probe("imagenet+ucm", "aid", solver="lbfgs", **SMOKE)
     probe_run = store.get_run(probe.run_id)
     assert probe_run.data.tags[runs.TAG_PREPROCESSING] == "imagenet-caffe"  # read back
     assert probe_run.data.tags[runs.TAG_LINEAGE_NAME] == "rssc-resnet50-imagenet-ucm"
+    assert {k: probe_run.data.tags[f"rssc.lineage.{k}"] for k in origin} == origin  # and on
     plain = commands.probe("imagenet", "aid", solver="lbfgs", **SMOKE)
     assert store.get_run(plain.run_id).data.tags[runs.TAG_PREPROCESSING] == "imagenet-rgb"
