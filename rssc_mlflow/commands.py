@@ -141,6 +141,10 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
         runs.TAG_FINGERPRINT: fingerprint, runs.TAG_DATASET_DIGEST: data.prepared.manifest_digest,
         runs.TAG_SPLIT_DIGEST: data.split.digest, runs.TAG_PREPROCESSING: preprocessing,
     }
+    synthetic = _synthetic(data, source)
+    if synthetic:
+        tags[runs.TAG_SYNTHETIC_FLAG] = "yes"
+    tags[runs.TAG_NOTE] = _note(settings, source, synthetic, "running")
     if source is not None:
         tags.update({runs.TAG_LINEAGE_NAME: source.model_name or source.kind,
                      runs.TAG_LINEAGE_VERSION: source.version,
@@ -162,12 +166,25 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
         runs.announce(runs.SYNTHETIC_WEIGHTS_BANNER)
 
 
+def _note(settings: RunSettings, source: registry.ResolvedSource, synthetic: bool,
+          result: str) -> str:
+    return runs.run_note(stage=settings.stage, source=settings.source, target=settings.target,
+                         profile=settings.profile, seed=settings.seed,
+                         lineage=source.describe(), synthetic=synthetic, result=result)
+
+
 def _synthetic(data: _Data, source: registry.ResolvedSource) -> bool:
     """A result is synthetic when its images are, or when the weights it starts from are."""
     return data.prepared.synthetic or source.synthetic
 
 
-def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def _figure_title(settings: RunSettings) -> str:
+    label = runs.run_name(settings.stage, settings.source, settings.target)
+    return f"{label} (profile {settings.profile}, seed {settings.seed})"
+
+
+def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray, *, title: str,
+                    synthetic: bool) -> dict[str, float]:
     """Final metrics (`test_*`), a per-class report and, single-label, a confusion matrix PNG."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -178,8 +195,10 @@ def _log_evaluation(spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray) ->
         else:
             result = metrics_lib.single_label_metrics(y_true, probs, spec.classes)
             final = {"test_accuracy": result["accuracy"]}
-            metrics_lib.confusion_matrix_png(y_true, result["y_pred"], spec.classes,
-                                             tmp / "confusion_matrix.png")
+            metrics_lib.confusion_matrix_png(
+                y_true, result["y_pred"], spec.classes, tmp / "confusion_matrix.png",
+                title=f"{title}: test accuracy {100 * result['accuracy']:.2f}%, "
+                      f"{len(y_true)} images", synthetic=synthetic)
         report = metrics_lib.classification_report_text(y_true, probs, task=spec.task,
                                                         class_names=spec.classes)
         (tmp / "per_class_report.txt").write_text(report)
@@ -367,6 +386,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                 f"end of run {run_id}. Nothing is lost: the trained model and its test "
                 f"predictions are kept in {kept}. When the server is back, `{how_to_resume}` "
                 "logs them (no retraining) and finishes the run.") from exc
+        mlflow.set_tag(runs.TAG_NOTE, _note(settings, source, _synthetic(data, source),
+                                            _format_metrics(final)))
         runs.announce(f"done: {_format_metrics(final)}")
     for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
         shutil.rmtree(folder, ignore_errors=True)
@@ -455,7 +476,8 @@ def _log_results(model, spec: DatasetSpec, y_true: np.ndarray, probs: np.ndarray
                  log_model: bool, data_key: str, preprocessing: str, fingerprint: str,
                  source: registry.ResolvedSource) -> tuple[dict[str, float], str, str]:
     """Final metrics and evaluation artifacts, then the model (registered or logged)."""
-    final = _log_evaluation(spec, y_true, probs)
+    final = _log_evaluation(spec, y_true, probs, title=_figure_title(settings),
+                            synthetic=_synthetic(data, source))
     name = version = ""
     if register_as or log_model:
         models.set_precision("float32")  # logging must not depend on the training policy
@@ -605,6 +627,10 @@ def extract(source: str, target: str, **params: Any) -> RunResult:
         arrays = _features(settings, data, resolved, resolved.preprocessing)
         mlflow.log_metrics({"train_images": len(arrays["train_x"]),
                             "test_images": len(arrays["test_x"])})
+        mlflow.set_tag(runs.TAG_NOTE, _note(
+            settings, resolved, _synthetic(data, resolved),
+            f"2048-d features of {len(arrays['train_x'])} training and {len(arrays['test_x'])} "
+            f"test images ({FEATURES_ARTIFACT})"))
     return RunResult(run.info.run_id, "extract", {}, _synthetic(data, resolved))
 
 
@@ -621,6 +647,9 @@ def probe(source: str, target: str, **params: Any) -> RunResult:
             standardize=settings.standardize, epochs=settings.epochs,
             batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
         runs.log_history(run.info.run_id, result.history)
-        final = _log_evaluation(data.spec, arrays["test_y"], result.test_probs)
+        final = _log_evaluation(data.spec, arrays["test_y"], result.test_probs,
+                                title=_figure_title(settings), synthetic=_synthetic(data, resolved))
+        mlflow.set_tag(runs.TAG_NOTE, _note(settings, resolved, _synthetic(data, resolved),
+                                            _format_metrics(final)))
         runs.announce(f"done: {_format_metrics(final)}")
     return RunResult(run.info.run_id, "probe", final, _synthetic(data, resolved))

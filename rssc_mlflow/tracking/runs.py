@@ -54,6 +54,9 @@ TAG_GIT_COMMIT = "rssc.git_commit"
 TAG_VERSION = "rssc.version"
 TAG_ERROR = "rssc.error"
 TAG_CHECKPOINT_DIR = "rssc.checkpoint_dir"
+# What the UI shows: the run's description, and a short flag to add as a column at a glance.
+TAG_NOTE = "mlflow.note.content"
+TAG_SYNTHETIC_FLAG = "SYNTHETIC"  # "yes" on synthetic runs only
 
 # Stages whose runs continue from a checkpoint with `rssc STAGE --resume RUN_ID`.
 RESUMABLE_STAGES = TRAINING_STAGES
@@ -85,7 +88,7 @@ def experiment_id() -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created by another process meanwhile
             found = client.get_experiment_by_name(name)
             if found is None:
@@ -96,7 +99,20 @@ def experiment_id() -> str:
             f"{mlflow.get_tracking_uri()}. Restore it (`mlflow experiments restore "
             f"--experiment-id {found.experiment_id}`), or set MLFLOW_EXPERIMENT_NAME to another "
             "name.")
+    _mark_experiment_kind(found)
     return found.experiment_id
+
+
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, latency, tokens) unless this
+# tag says it holds model training runs; then it opens on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def _mark_experiment_kind(experiment: Any) -> None:
+    if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 EXPERIMENT_KIND)
 
 
 def git_commit() -> str:
@@ -113,8 +129,49 @@ def git_commit() -> str:
 
 
 def run_name(stage: str, source: str, target: str = "") -> str:
-    """Names that read well in the UI: 'finetune mlrsnet_sl -> ucm', 'pretrain resisc45'."""
+    """The label of a run on the console: 'finetune mlrsnet_sl -> ucm', 'pretrain resisc45'."""
     return f"{stage} {source} -> {target}" if target else f"{stage} {source}"
+
+
+# The runs table of MLflow 3's UI gives run names 190 px (about 24 characters): there a run is
+# named with short forms, e.g. 'ft mlrs→ucm', 'probe IN+mlrs-other→ucm'. The seed is a column
+# of its own (parameter `seed`); tags and the run's description carry the full names.
+UI_NAME_MAX = 24
+_SHORT_STAGES = {"pretrain": "pre", "adapt": "adapt", "finetune": "ft", "extract": "feat",
+                 "probe": "probe"}
+_SHORT_KEYS = {"imagenet": "IN", "imagenet100": "in100", "mlrsnet_sl": "mlrs",
+               "mlrsnet_ml": "mlrs-ml", "mlrsnet_ucm_same": "mlrs-same",
+               "mlrsnet_ucm_other": "mlrs-other", "mlrsnet_half": "mlrs-half",
+               "resisc45": "resisc", "patternnet": "pnet", "rsicb256": "rsicb"}
+
+
+def _short(reference: str) -> str:
+    return "+".join(_SHORT_KEYS.get(part, part) for part in reference.split("+"))
+
+
+def ui_run_name(stage: str, source: str, target: str = "") -> str:
+    """The run's name in the UI: short stage and dataset names."""
+    name = f"{_SHORT_STAGES.get(stage, stage)} {_short(source)}"
+    return f"{name}→{_short(target)}" if target else name
+
+
+def run_note(*, stage: str, source: str, target: str, profile: str, seed: int,
+             lineage: str, synthetic: bool, result: str) -> str:
+    """The run's description (markdown, three lines): what ran, from what, with what result."""
+    head = f"**{stage}** {source}" + (f" → {target}" if target else "")
+    head += f" · profile {profile}, seed {seed}"
+    if synthetic:
+        head += " · **SYNTHETIC**: not comparable to the paper"
+    return "  \n".join([head, f"lineage: {lineage}", f"result: {result}"])
+
+
+def _note_result(run_id: str, result: str) -> None:
+    """Replace the result line of a run's description (failed, interrupted)."""
+    client = mlflow.MlflowClient()
+    note = client.get_run(run_id).data.tags.get(TAG_NOTE, "")
+    lines = note.split("  \n")
+    if lines and lines[-1].startswith("result: "):
+        client.set_tag(run_id, TAG_NOTE, "  \n".join([*lines[:-1], f"result: {result}"]))
 
 
 def check_tracking_reachable(timeout_s: float = 10.0) -> None:
@@ -246,15 +303,18 @@ def tracked_run(
         # Under `mlflow run` the run exists already (MLFLOW_RUN_ID), in the experiment that
         # `mlflow run` chose (`--experiment-name`, or `rssc` through rssc's MLflow plugin).
         attached = bool(os.environ.get("MLFLOW_RUN_ID"))
-        run = mlflow.start_run(run_name=run_name(stage, source, target),
+        name = ui_run_name(stage, source, target)
+        run = mlflow.start_run(run_name=name,
                                experiment_id=None if attached else experiment_id(),
                                log_system_metrics=True)
+        if attached:
+            _mark_experiment_kind(mlflow.MlflowClient().get_experiment(run.info.experiment_id))
         if attached and run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
             announce(f"note: this run is in MLflow's experiment 'Default', which `rssc "
                      f"summarize` does not read; pass `--experiment-name {experiment_name()}` "
                      "to `mlflow run`.")
         mlflow.set_tags({
-            "mlflow.runName": run_name(stage, source, target),
+            "mlflow.runName": name,
             TAG_STAGE: stage, TAG_SOURCE: source, TAG_TARGET: target,
             TAG_GIT_COMMIT: git_commit(), TAG_VERSION: __version__,
             **(tags or {}),
@@ -275,6 +335,9 @@ def tracked_run(
                     mlflow.set_tag(TAG_ERROR, f"Interrupted: {exc.signal.name} "
                                               f"(signal {int(exc.signal)}). {exc.how_to_continue}")
                 with contextlib.suppress(Exception):
+                    _note_result(exc.run_id, f"KILLED by {exc.signal.name}. "
+                                             f"{exc.how_to_continue}")
+                with contextlib.suppress(Exception):
                     mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
         except TrackingServerGone:
@@ -287,6 +350,8 @@ def tracked_run(
             message = str(exc) or type(exc).__name__
             with contextlib.suppress(Exception):
                 mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {message}"[:5000])
+            with contextlib.suppress(Exception):
+                _note_result(run.info.run_id, f"FAILED: {type(exc).__name__}: {message}"[:2000])
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             raise
         else:

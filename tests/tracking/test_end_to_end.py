@@ -50,7 +50,7 @@ def _artifacts(client, run_id, path=""):
 def test_pretrain_records_everything(pretrained, store):
     run = store.get_run(pretrained.run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "pretrain resisc45"
+    assert run.info.run_name == "pre resisc"  # short for the runs table (runs.ui_run_name)
     tags, params = run.data.tags, run.data.params
     assert tags[runs.TAG_STAGE] == "pretrain" and tags[runs.TAG_SOURCE] == "resisc45"
     assert tags[runs.TAG_SYNTHETIC] == "true"
@@ -131,7 +131,7 @@ def test_profiles_never_mix_silently(pretrained, store, capsys):
 def test_finetune_records_lineage(pretrained, store):
     result = commands.finetune("resisc45", "ucm", log_model=False, **SMOKE)
     run = store.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "finetune resisc45 -> ucm"
+    assert run.info.status == "FINISHED" and run.info.run_name == "ft resisc→ucm"
     tags = run.data.tags
     assert tags[runs.TAG_LINEAGE_NAME] == "rssc-resnet50-resisc45"
     assert tags[runs.TAG_LINEAGE_VERSION] == "1"
@@ -223,6 +223,9 @@ def test_nan_loss_marks_the_run_failed_with_the_epoch(world, store):
     failed = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                 filter_string="attributes.status = 'FAILED'")
     assert [r.data.tags[runs.TAG_ERROR].split(":")[0] for r in failed] == ["NanLossError"]
+    # The run's description in the UI says so too.
+    assert failed[0].data.tags[runs.TAG_NOTE].split("  \n")[-1].startswith(
+        "result: FAILED: NanLossError: Training diverged: the loss became nan in epoch 1.")
     _no_running_runs(store)
 
 

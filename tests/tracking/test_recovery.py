@@ -149,6 +149,8 @@ def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, t
     assert "Traceback" not in out
     assert json.loads((folder / "training_metadata.json").read_text())["epoch"] == 1
     assert [s for s, _ in _history(client, run_id)["loss"]] == [1]
+    assert run.data.tags[runs.TAG_NOTE].endswith(  # the run's description in the UI
+        f"result: KILLED by SIGTERM. {run.data.tags[runs.TAG_ERROR].split('. ', 1)[1]}")
 
     resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -156,6 +158,8 @@ def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, t
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     assert runs.TAG_ERROR not in run.data.tags
     assert run.data.tags["rssc.previous_error"].startswith("Interrupted: SIGTERM")
+    assert run.data.tags[runs.TAG_NOTE].endswith(
+        f"result: test_accuracy={100 * run.data.metrics['test_accuracy']:.2f}%")
     assert [s for s, _ in _history(client, run_id)["loss"]] == [1, 2]  # each epoch once
     assert len(client.search_runs([run.info.experiment_id])) == 1  # one run, continued
     assert not folder.exists()

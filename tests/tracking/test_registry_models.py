@@ -186,3 +186,52 @@ def test_multi_label_output_names_the_labels_above_the_threshold():
         assert labels == [c for c, p in zip(spec.classes, row) if p > 0.5]
     with pytest.raises(ValueError, match="uint8 arrays .* got dtype float64"):
         classifier.predict(images / 255.0)
+
+
+# --- The UI reads well (item 3): what the MLflow 3 UI gets, read back through the REST API ---
+
+
+def _rest(server, path: str, **params: str) -> dict:
+    import requests
+
+    response = requests.get(f"{server.uri}/api/2.0/mlflow/{path}", params=params, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_the_ui_opens_on_the_runs_and_each_run_describes_itself(served):
+    import io
+
+    import requests
+    from PIL import Image
+
+    from rssc_mlflow.results import reproduce
+    from rssc_mlflow.tracking import runs
+
+    server, result = served
+    experiment = _rest(server, "experiments/get-by-name", experiment_name="rssc")["experiment"]
+    kinds = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert kinds["mlflow.experimentKind"] == "custom_model_development"  # not GenAI's overview
+
+    run = _rest(server, "runs/get", run_id=result.run_id)["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert run["info"]["run_name"] == "pre ucm"
+    assert tags["SYNTHETIC"] == "yes" and tags[runs.TAG_SYNTHETIC] == "true"
+    accuracy = next(m["value"] for m in run["data"]["metrics"] if m["key"] == "test_accuracy")
+    assert tags["mlflow.note.content"].split("  \n") == [
+        "**pretrain** ucm · profile smoke, seed 42 · **SYNTHETIC**: not comparable to the paper",
+        "lineage: random initialisation (scratch), preprocessing unit",
+        f"result: test_accuracy={100 * accuracy:.2f}%"]
+
+    png = requests.get(f"{server.uri}/get-artifact", timeout=30, params={
+        "path": "evaluation/confusion_matrix.png", "run_uuid": result.run_id})
+    png.raise_for_status()
+    with Image.open(io.BytesIO(png.content)) as figure:
+        assert figure.text["Title"] == (
+            f"pretrain ucm (profile smoke, seed 42): test accuracy {100 * accuracy:.2f}%, 21 "
+            "images / SYNTHETIC DATA: not comparable to the paper")
+
+    # Every run of the paper's grid gets a name that fits the runs table, one per cell.
+    names = {runs.ui_run_name(r.stage, r.source, r.target) for r in reproduce.plan("paper")}
+    assert len(names) == 153
+    assert max(len(n) for n in names) <= runs.UI_NAME_MAX, max(names, key=len)

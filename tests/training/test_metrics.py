@@ -128,3 +128,24 @@ def test_confusion_matrix_png(tmp_path: Path, n: int) -> None:
     pred = np.where(rng.random(200) < 0.8, y, rng.integers(0, n, 200))
     out = confusion_matrix_png(y, pred, [f"class_{i}" for i in range(n)], tmp_path / "cm" / "m.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("n", [3, 46])
+def test_confusion_matrix_carries_its_title_and_the_synthetic_mark(tmp_path: Path, n: int) -> None:
+    from PIL import Image
+
+    y = np.arange(60) % n
+    names = [f"class_{i}" for i in range(n)]
+    title = "pretrain ucm (profile smoke, seed 42): test accuracy 100.00%, 60 images"
+    marked = confusion_matrix_png(y, y, names, tmp_path / "marked.png", title=title,
+                                  synthetic=True)
+    plain = confusion_matrix_png(y, y, names, tmp_path / "plain.png")
+    with Image.open(marked) as a, Image.open(plain) as b:
+        assert a.text["Title"] == f"{title} / SYNTHETIC DATA: not comparable to the paper"
+        assert "Title" not in b.text
+        top_a = np.asarray(a.convert("RGB"))[: a.height // 12].astype(int)
+        top_b = np.asarray(b.convert("RGB"))[: b.height // 12].astype(int)
+    red = lambda rgb: ((rgb[..., 0] > 150) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)).sum()  # noqa: E731
+    dark = lambda rgb: (rgb.sum(axis=-1) < 200).sum()  # noqa: E731
+    assert red(top_a) > 50 and red(top_b) == 0  # the mark, drawn in red at the top
+    assert dark(top_a) > 50  # the title's text
