@@ -28,6 +28,7 @@ from sklearn.metrics import accuracy_score
 
 from rssc_mlflow.tracking import runs
 from tests.tracking.conftest import free_port, start_mlflow_server
+from tests.tracking.test_quiet import ALLOWED, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -152,8 +153,12 @@ def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, t
     assert run.data.tags[runs.TAG_NOTE].endswith(  # the run's description in the UI
         f"result: KILLED by SIGTERM. {run.data.tags[runs.TAG_ERROR].split('. ', 1)[1]}")
 
-    resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
+    # As a user runs it, quiet by default (test_quiet.py): rssc's lines and Keras's, nothing else.
+    resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], clean_env(env), tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    console = [line for line in (resumed.stdout + resumed.stderr).splitlines() if line.strip()]
+    assert [line for line in console if not ALLOWED.fullmatch(line)] == []
+    assert "Epoch 2/2" in console  # Keras's progress is kept
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
     assert runs.TAG_ERROR not in run.data.tags
