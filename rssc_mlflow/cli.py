@@ -16,8 +16,12 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from rssc_mlflow import protocol
-from rssc_mlflow.errors import RsscError
+from rssc_mlflow import _quiet, protocol
+from rssc_mlflow.errors import Interrupted, RsscError
+
+# Before anything imports TensorFlow (the commands import it when they run). RSSC_VERBOSE=1 or
+# a TF_CPP_MIN_LOG_LEVEL of the user's keeps TensorFlow's, absl's and oneDNN's notices.
+_quiet.install()
 
 app = typer.Typer(help=__doc__.splitlines()[0] + "\n\nReproduce 'The Role of Pre-Training in "
                   "High-Resolution Remote Sensing Scene Classification' as MLflow runs.",
@@ -31,12 +35,16 @@ app.add_typer(weights_app, name="weights")
 
 
 def friendly(func: Callable) -> Callable:
-    """Report user errors as one paragraph and exit 1 instead of a traceback."""
+    """Report user errors as one paragraph and exit 1 instead of a traceback; a run interrupted
+    by SIGTERM/SIGINT as one paragraph with the command that continues it, and exit 128+signal."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Interrupted as exc:
+            typer.echo(f"error: {exc.message()}", err=True)
+            raise typer.Exit(exc.exit_code) from None
         except RsscError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -198,6 +206,7 @@ Strategy = Annotated[str, typer.Option(help="auto, mirrored or multiworker (tf.d
 SplitFile = Annotated[Optional[str], typer.Option(help="A split manifest to use instead of the stratified split.")]
 Resume = Annotated[Optional[str], typer.Option(help="Continue an interrupted run (its run id).")]
 LogModel = Annotated[bool, typer.Option(help="Log the trained Keras model to MLflow.")]
+AnyVersion = Annotated[bool, typer.Option(help="When no registered version of the source has the profile's alias (@paper, @demo, ...), take the newest one (said on the console and in the tag rssc.lineage.note) instead of stopping.")]
 
 
 def _common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision,
@@ -262,13 +271,13 @@ def finetune(source: Annotated[Optional[str], typer.Option(help="Model reference
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
              strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None,
-             log_model: LogModel = True) -> None:
+             log_model: LogModel = True, allow_any_version: AnyVersion = False) -> None:
     """Fine-tune the whole network from SOURCE on TARGET's 20%, test on its 80%."""
     from rssc_mlflow.commands import finetune as run
 
     _require(resume, source=source, target=target)
     _report(run(source or "", target or "", resume=resume, strategy=strategy, log_model=log_model,
-                **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
+                allow_any_version=allow_any_version, **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
 @app.command()
@@ -278,11 +287,11 @@ def extract(source: Annotated[str, typer.Option(help="Model reference (not scrat
             profile: Profile = protocol.DEFAULT_PROFILE, batch_size: BatchSize = None,
             image_size: ImageSize = None, seed: Seed = protocol.SEED,
             preprocessing: Preproc = None, precision: Precision = "float32",
-            split_file: SplitFile = None) -> None:
+            split_file: SplitFile = None, allow_any_version: AnyVersion = False) -> None:
     """Write 2048-d features of TARGET's split (train and test) as a run artifact."""
     from rssc_mlflow.commands import extract as run
 
-    _report(run(source, target, **_common(profile, None, batch_size, image_size, seed, None,
+    _report(run(source, target, allow_any_version=allow_any_version, **_common(profile, None, batch_size, image_size, seed, None,
                                           preprocessing, precision, split_file)))
 
 
@@ -295,24 +304,28 @@ def probe(source: Annotated[str, typer.Option(help="Model reference (not scratch
           profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
           batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
           lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
-          split_file: SplitFile = None) -> None:
+          split_file: SplitFile = None, allow_any_version: AnyVersion = False) -> None:
     """Train a linear classifier on frozen SOURCE features of TARGET (reuses extracted features)."""
     from rssc_mlflow.commands import probe as run
 
     _report(run(source, target, solver=solver, standardize=standardize,
+                allow_any_version=allow_any_version,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
 @app.command()
 @friendly
 def summarize(
-    experiment: Annotated[str, typer.Option(help="Experiment to read ('' = all experiments).")] = "rssc",
+    experiment: Annotated[Optional[str], typer.Option(help="Experiment to read (default: the one runs go to, MLFLOW_EXPERIMENT_NAME or rssc; '' = all experiments).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the tables, figures and summary.html.")] = Path("rssc_outputs/summary"),
     multilabel_metric: Annotated[str, typer.Option(help="f1_micro, f1_macro, f1_weighted, f1_samples or map.")] = "f1_micro",
 ) -> None:
     """Rebuild Tables II-IV and Figures 1-3 from the tracking store, next to the paper's numbers."""
     from rssc_mlflow.results.summarize import summarize as build
+    from rssc_mlflow.tracking.runs import experiment_name
 
+    if experiment is None:
+        experiment = experiment_name()
     result = build(experiment or None, out, multilabel_metric=multilabel_metric)
     typer.echo(result.console)
     typer.echo(f"\nwritten to {result.out} (open {result.out / 'summary.html'}); "
@@ -356,7 +369,6 @@ def demo(
     full: Annotated[bool, typer.Option("--full", help="Every cell of every table and figure (153 runs), not only Tables II-IV and the UCM column.")] = False,
 ) -> None:
     """The pipeline on SYNTHETIC data on a CPU: Tables II-IV, the UCM column, Findings."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ notices
     from rssc_mlflow.demo import run_demo
 
     if not run_demo(out, images_per_class=images_per_class, image_size=image_size,
@@ -391,11 +403,12 @@ def weights_download(
     reference: Annotated[str, typer.Argument(help="KEY, imagenet+KEY or models:/... URI.")],
     out: Annotated[Path, typer.Option(help="Folder to write model.keras and the notop weights into.")],
     profile: Profile = protocol.DEFAULT_PROFILE,
+    allow_any_version: AnyVersion = False,
 ) -> None:
     """Write a registered model (.keras) and its backbone as a Keras notop weight file."""
     from rssc_mlflow.tracking.registry import download
 
-    for path in download(reference, out, profile=profile):
+    for path in download(reference, out, profile=profile, allow_any_version=allow_any_version):
         typer.echo(str(path))
 
 
@@ -437,16 +450,28 @@ def server(
     os.execvp(cmd[0], cmd)
 
 
+# Options that are flags on the command line and "true"/"false" as MLproject parameters.
+_FLAGS = ("--standardize", "--log-model", "--allow-any-version")
+
+
 def run_entry_point(command: str, argv: list[str]) -> None:
-    """MLproject scripts: drop parameters left at "default", then run `rssc COMMAND ...`."""
+    """MLproject scripts: `--name value` pairs -> `rssc COMMAND ...`.
+
+    MLflow appends undeclared parameters as `--batch_size 8`: underscores become dashes. A
+    value "default" (or empty) is dropped, so the command uses its default.
+    """
     args: list[str] = []
     it = iter(argv)
     for flag in it:
         value = next(it, "")
+        flag = "--" + flag.removeprefix("--").replace("_", "-")
         if value in ("default", ""):
             continue
-        if value in ("true", "false") and flag in ("--standardize", "--log-model"):
-            args.append(flag if value == "true" else flag.replace("--", "--no-", 1))
+        if flag in _FLAGS:
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"error: {flag.removeprefix('--')} must be true or false, "
+                                 f"not {value!r}.")
+            args.append(flag if value.lower() == "true" else flag.replace("--", "--no-", 1))
             continue
         args += [flag, value]
     app([command, *args], prog_name="rssc")

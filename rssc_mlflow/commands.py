@@ -22,7 +22,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.models import infer_signature
 
 from rssc_mlflow import config, models
 from rssc_mlflow.data import pipeline, splits
@@ -34,7 +33,7 @@ from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_sett
 from rssc_mlflow.tracking import predictions, registry, runs
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
-from rssc_mlflow.training import model_pool, transfer
+from rssc_mlflow.training import model_pool, progress, transfer
 from rssc_mlflow.training.schedule import peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
@@ -132,21 +131,30 @@ def _pipeline_args(data: _Data, settings: RunSettings) -> dict[str, Any]:
 
 
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
-                   source: registry.ResolvedSource | None) -> None:
+                   source: registry.ResolvedSource, *, log_model: bool | None = None) -> None:
     """Params, the tags that identify the result, inputs and the split manifest."""
-    runs.log_params({**settings.as_params(), "preprocessing_used": preprocessing})
+    params = settings.as_params(peak_lr=_rates(settings, source)[0], preprocessing=preprocessing)
+    if log_model is not None:  # finetune: whether the trained model is logged
+        params["log_model"] = str(log_model).lower()
+    runs.log_params(params)
     tags = {
         runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),
-        runs.TAG_SYNTHETIC: str(data.prepared.synthetic).lower(),
+        runs.TAG_SYNTHETIC: str(_synthetic(data, source)).lower(),
         runs.TAG_FINGERPRINT: fingerprint, runs.TAG_DATASET_DIGEST: data.prepared.manifest_digest,
         runs.TAG_SPLIT_DIGEST: data.split.digest, runs.TAG_PREPROCESSING: preprocessing,
     }
+    synthetic = _synthetic(data, source)
+    if synthetic:
+        tags[runs.TAG_SYNTHETIC_FLAG] = "yes"
+    tags[runs.TAG_NOTE] = _note(settings, source, synthetic, "running")
     if source is not None:
         tags.update({runs.TAG_LINEAGE_NAME: source.model_name or source.kind,
                      runs.TAG_LINEAGE_VERSION: source.version,
                      runs.TAG_LINEAGE_RUN: source.run_id, runs.TAG_LINEAGE_URI: source.uri})
         if source.note:
             tags["rssc.lineage.note"] = source.note
+        # Which ImageNet weights the lineage started from (path, sha256, Keras's or not).
+        tags.update({f"rssc.lineage.{k}": v for k, v in source.imagenet_weights.items()})
     mlflow.set_tags(tags)
     for part, files in (("train", data.split.train), ("test", data.split.test)):
         runs.log_dataset_input(f"{data.spec.key}-{data.split.role}-{part}", data.prepared.path,
@@ -156,6 +164,8 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
     runs.log_json_artifact(json.loads(data.split.to_json()), f"split/{data.spec.key}-{data.split.role}.json")
     if data.prepared.synthetic:
         runs.announce(runs.SYNTHETIC_BANNER)
+    elif source.synthetic:
+        runs.announce(runs.SYNTHETIC_WEIGHTS_BANNER)
 
 
 def _test_files(data: _Data) -> np.ndarray:
@@ -172,8 +182,25 @@ def _train_labels(data: _Data) -> np.ndarray:
     return np.array([r.labels for r in data.prepared.records if r.filename in train])
 
 
-def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray,
-                    files: np.ndarray) -> dict[str, float]:
+def _note(settings: RunSettings, source: registry.ResolvedSource, synthetic: bool,
+          result: str) -> str:
+    return runs.run_note(stage=settings.stage, source=settings.source, target=settings.target,
+                         profile=settings.profile, seed=settings.seed,
+                         lineage=source.describe(), synthetic=synthetic, result=result)
+
+
+def _synthetic(data: _Data, source: registry.ResolvedSource) -> bool:
+    """A result is synthetic when its images are, or when the weights it starts from are."""
+    return data.prepared.synthetic or source.synthetic
+
+
+def _figure_title(settings: RunSettings) -> str:
+    label = runs.run_name(settings.stage, settings.source, settings.target)
+    return f"{label} (profile {settings.profile}, seed {settings.seed})"
+
+
+def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray, *,
+                    title: str, synthetic: bool) -> dict[str, float]:
     """Final metrics (`test_*`), a per-class report, single-label a confusion matrix PNG, and
     the per-image predictions (`files[i]` is the image of row i)."""
     spec = data.spec
@@ -189,8 +216,10 @@ def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray,
         else:
             result = metrics_lib.single_label_metrics(y_true, probs, spec.classes)
             final = {"test_accuracy": result["accuracy"]}
-            metrics_lib.confusion_matrix_png(y_true, result["y_pred"], spec.classes,
-                                             tmp / "confusion_matrix.png")
+            metrics_lib.confusion_matrix_png(
+                y_true, result["y_pred"], spec.classes, tmp / "confusion_matrix.png",
+                title=f"{title}: test accuracy {100 * result['accuracy']:.2f}%, "
+                      f"{len(y_true)} images", synthetic=synthetic)
         report = metrics_lib.classification_report_text(y_true, probs, task=spec.task,
                                                         class_names=spec.classes)
         (tmp / "per_class_report.txt").write_text(report)
@@ -213,16 +242,41 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
         raise RsscError(f"Cannot resume run {run_id!r}: it is not in the tracking store at "
                         f"{mlflow.get_tracking_uri()}.") from None
     p = runs.effective_params(run.data.params)
+    # Runs logged before parameters were resolved hold "default" for values left to the rule.
     opt = lambda k: None if p.get(k, "default") == "default" else p[k]  # noqa: E731
     settings = resolve_settings(
         p["stage"], source=p["source"], target=p.get("target", ""), profile=p["profile"],
         epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
         image_size=int(p["image_size"]), seed=int(p["seed"]),
         lr=float(opt("lr")) if opt("lr") else None, preprocessing=opt("preprocessing"),
-        precision=p["precision"], strategy=p["strategy"], split_file=opt("split_file"),
+        precision=p["precision"], strategy=p.get("strategy", "auto"), split_file=opt("split_file"),
         solver=p.get("solver", "adam"), standardize=p.get("standardize", "").lower() == "true",
+        allow_any_version=p.get("allow_any_version", "").lower() == "true",
     )
     return settings.stage, settings
+
+
+def gpu_warning(profile: str) -> str:
+    """The warning for a `paper` run on a machine where TensorFlow sees no GPU, else ""."""
+    import tensorflow as tf
+
+    if profile != "paper" or tf.config.list_physical_devices("GPU"):
+        return ""
+    prof = get_profile(profile)
+    return (f"WARNING: profile paper ({prof.epochs} epochs at {prof.crop} px) and TensorFlow "
+            "sees no GPU on this machine: this run computes on the CPU and will take hours "
+            "or days. On a GPU machine install the GPU extra (pip install -e '.[gpu]'); for a "
+            "quick run on a CPU use --profile demo.")
+
+
+def _announce_source(settings: RunSettings, source: registry.ResolvedSource) -> None:
+    """Before any work: what the run starts from, any note about it, and the GPU warning."""
+    runs.announce(f"source: {source.describe()}")
+    if source.note:
+        runs.announce(f"note: {source.note}")
+    warning = gpu_warning(settings.profile)
+    if warning:
+        runs.announce(warning)
 
 
 def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[float, int]:
@@ -253,8 +307,9 @@ def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any)
     key = settings.target or settings.source
     reference = {"pretrain": "scratch", "adapt": "imagenet"}.get(stage, settings.source)
     resolved = registry.resolve_source(reference, profile=settings.profile,
-                                       preprocessing=settings.preprocessing)
-    return _fingerprint(settings, resolved, load_prepared(key).synthetic)
+                                       preprocessing=settings.preprocessing,
+                                       allow_any_version=settings.allow_any_version)
+    return _fingerprint(settings, resolved, load_prepared(key).synthetic or resolved.synthetic)
 
 
 # --- Training stages -------------------------------------------------------------------------
@@ -265,22 +320,28 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     """Shared body of pretrain, adapt and finetune."""
     data = _load_data(data_key, role, settings)
     source = registry.resolve_source(reference, profile=settings.profile,
-                                     preprocessing=settings.preprocessing)
+                                     preprocessing=settings.preprocessing,
+                                     allow_any_version=settings.allow_any_version)
     preprocessing = source.preprocessing
     profile = get_profile(settings.profile)
     peak_lr, prof_warmup = _rates(settings, source)
-    fingerprint = _fingerprint(settings, source, data.prepared.synthetic)
+    fingerprint = _fingerprint(settings, source, _synthetic(data, source))
+    _announce_source(settings, source)
     spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
     with runs.tracked_run(settings.stage, display_source, settings.target,
                           resume_run_id=resume) as run, contextlib.ExitStack() as hold:
         run_id = run.info.run_id
-        _record_inputs(data, settings, fingerprint, preprocessing, source)
+        _record_inputs(data, settings, fingerprint, preprocessing, source,
+                       log_model=log_model if settings.stage == "finetune" else None)
         runs.log_params({"bn_momentum": BN_MOMENTUM_KERAS if profile.bn_momentum is None
                          else profile.bn_momentum})
         checkpoint_dir = config.checkpoint_dir() / run_id
         mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
         hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
+        hold.enter_context(_checkpoint_note_on_interrupt(
+            settings.stage, run_id, checkpoint_dir, settings.epochs,
+            kept=profile.checkpoint_every_epoch))
         policy = models.set_precision(settings.precision)
         mlflow.set_tag("rssc.dtype_policy", policy)
         strategy = models.make_strategy(settings.strategy)
@@ -291,9 +352,16 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         cache_root = config.cache_dir() / "runs" / run_id
         train, test_ds = _datasets(data, settings, cache_root=cache_root)
         steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
+        n_train, n_test = len(data.split.train), len(data.split.test)
+        epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs != 1 else "")
         runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
-                      f"{len(data.split.train)} training images, {len(data.split.test)} "
-                      f"evaluation images, {settings.epochs} epochs, run {run_id}")
+                      f"{n_train} training images, {n_test} evaluation images, {epochs}, "
+                      f"run {run_id}")
+        evaluation = (f", and {n_test} evaluation images after each epoch"
+                      if profile.validate_every_epoch else "")
+        runs.announce(f"{settings.epochs * n_train:,} image-steps ({epochs} x "
+                      f"{n_train} images at {settings.image_size} px, {steps_per_epoch} steps "
+                      f"of {settings.batch_size} per epoch){evaluation}")
         with strategy.scope():  # a fresh model, or a pooled one reset to the same weights
             trainer = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
                                          source=source, seed=settings.seed,
@@ -318,7 +386,8 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                     epochs=settings.epochs, steps_per_epoch=steps_per_epoch, schedule=schedule,
                     checkpoint_dir=checkpoint_dir if profile.checkpoint_every_epoch else None,
                     log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
-                    already_logged=_already_logged_epochs(run_id) if resume else None)
+                    already_logged=_already_logged_epochs(run_id) if resume else None,
+                    callbacks=[progress.DurationEstimate(settings.batch_size, runs.announce)])
             except Exception as exc:
                 if not runs.server_unreachable(exc):
                     raise
@@ -334,7 +403,7 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             final, name, version = _log_results(
                 model, y_true, probs, files, test_ds, settings, data, register_as=register_as,
                 log_model=log_model, data_key=data_key, preprocessing=preprocessing,
-                fingerprint=fingerprint)
+                fingerprint=fingerprint, source=source)
         except Exception as exc:
             if not runs.server_unreachable(exc):
                 raise
@@ -344,13 +413,43 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
                 f"end of run {run_id}. Nothing is lost: the trained model and its test "
                 f"predictions are kept in {kept}. When the server is back, `{how_to_resume}` "
                 "logs them (no retraining) and finishes the run.") from exc
+        mlflow.set_tag(runs.TAG_NOTE, _note(settings, source, _synthetic(data, source),
+                                            _format_metrics(final)))
         runs.announce(f"done: {_format_metrics(final)}")
     for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
         shutil.rmtree(folder, ignore_errors=True)
-    return RunResult(run_id, settings.stage, final, data.prepared.synthetic, name, version)
+    return RunResult(run_id, settings.stage, final, _synthetic(data, source), name, version)
 
 
-TRAINING_STAGES = ("pretrain", "adapt", "finetune")
+TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
+
+
+def epochs_backed_up(checkpoint_dir: Path) -> int | None:
+    """Epochs completed in the run's last backup (Keras BackupAndRestore's metadata), or None."""
+    try:
+        return int(json.loads((checkpoint_dir / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _checkpoint_note_on_interrupt(stage: str, run_id: str, checkpoint_dir: Path, epochs: int,
+                                  *, kept: bool) -> Iterator[None]:
+    """On SIGTERM/SIGINT, tell what the checkpoint holds and how to continue the run."""
+    try:
+        yield
+    except runs.Interrupted as exc:
+        done = epochs_backed_up(checkpoint_dir) if kept else None
+        if done:
+            state = (f"Its checkpoint ({done} of {epochs} epochs done) is kept in "
+                     f"{checkpoint_dir}. ")
+        elif kept:
+            state = "No epoch had finished, so it starts again from epoch 1. "
+        else:
+            state = "This profile keeps no per-epoch checkpoint, so it starts again from epoch 1. "
+        exc.how_to_continue = (f"{state}Continue the same run with "
+                               f"`rssc {stage} --resume {run_id}`.")
+        raise
 
 
 class RunLocked(RsscError):
@@ -372,7 +471,7 @@ def _training_lock(folder: Path, run_id: str) -> Iterator[None]:
 
 
 def can_resume(run: mlflow.entities.Run) -> bool:
-    """Whether an interrupted (RUNNING or FAILED) training run can be continued here: its
+    """Whether an interrupted (RUNNING, FAILED or KILLED) training run can be continued here: its
     checkpoint folder is on this machine and no process is training it."""
     folder = run.data.tags.get(runs.TAG_CHECKPOINT_DIR)
     if run.data.tags.get(runs.TAG_STAGE) not in TRAINING_STAGES or not folder:
@@ -404,25 +503,26 @@ def _keep_unlogged(folder: Path, model, data: _Data, probs: np.ndarray, y_true: 
 
 def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray, test_ds,
                  settings: RunSettings, data: _Data, *, register_as: str | None,
-                 log_model: bool, data_key: str, preprocessing: str, fingerprint: str
-                 ) -> tuple[dict[str, float], str, str]:
+                 log_model: bool, data_key: str, preprocessing: str, fingerprint: str,
+                 source: registry.ResolvedSource) -> tuple[dict[str, float], str, str]:
     """Final metrics and evaluation artifacts, then the model (registered or logged)."""
-    final = _log_evaluation(data, y_true, probs, files)
+    final = _log_evaluation(data, y_true, probs, files, title=_figure_title(settings),
+                            synthetic=_synthetic(data, source))
     name = version = ""
     if register_as or log_model:
-        raw = next(iter(test_ds.map(lambda x, y: x).unbatch().batch(2)))
-        sample = pipeline.preprocess(raw, preprocessing)  # the logged model's own input
-        signature = infer_signature(sample.numpy(), np.asarray(model(sample, training=False)))
         models.set_precision("float32")  # logging must not depend on the training policy
+        card = registry.ModelCard(spec=data.spec, crop=settings.image_size,
+                                  preprocessing=preprocessing, synthetic=_synthetic(data, source),
+                                  metrics=final, test_images=len(data.split.test),
+                                  split_role=data.split.role,
+                                  imagenet_weights=source.imagenet_weights)
         if register_as:
             name, version = registry.register(
-                model, source_key=data_key, init=register_as, profile=settings.profile,
-                preprocessing=preprocessing, fingerprint=fingerprint,
-                synthetic=data.prepared.synthetic, crop=settings.image_size,
-                signature=signature)
+                model, card=card, source_key=data_key, init=register_as,
+                profile=settings.profile, fingerprint=fingerprint)
             runs.announce(f"registered {name} version {version} as @{settings.profile}")
         else:
-            registry.log_model(model, signature=signature)
+            registry.log_model(model, card=card)
     return final, name, version
 
 
@@ -481,20 +581,12 @@ def _feature_key(source: registry.ResolvedSource, split: splits.SplitManifest,
     """Features are reusable when the model version, split, preprocessing and crop match."""
     weights_id = source.uri
     if source.kind in ("imagenet", "file") and source.local_file is not None:
-        weights_id += ":" + _file_sha256(source.local_file)
+        weights_id += ":" + registry.file_digests(source.local_file)[0]
     # FEATURE_ORDER: features logged before their file names followed the pipeline's order
     # (they listed the split's order) are not reused.
     blob = json.dumps([weights_id, source.version, split.digest, preprocessing, crop,
                        FEATURE_ORDER])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _find_features(feature_key: str) -> tuple[str, Path] | None:
@@ -555,26 +647,32 @@ def _transfer_setup(stage: str, source: str, target: str, params: dict[str, Any]
                         "from-scratch baseline.")
     data = _load_data(key, "target", settings)
     resolved = registry.resolve_source(settings.source, profile=settings.profile,
-                                       preprocessing=settings.preprocessing)
+                                       preprocessing=settings.preprocessing,
+                                       allow_any_version=settings.allow_any_version)
+    _announce_source(settings, resolved)
     return settings, data, resolved
 
 
 def extract(source: str, target: str, **params: Any) -> RunResult:
     """Write 2048-d features of `target`'s split (train and test) as a run artifact."""
     settings, data, resolved = _transfer_setup("extract", source, target, params)
-    fingerprint = _fingerprint(settings, resolved, data.prepared.synthetic)
+    fingerprint = _fingerprint(settings, resolved, _synthetic(data, resolved))
     with runs.tracked_run("extract", settings.source, settings.target) as run:
         _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
         arrays = _features(settings, data, resolved, resolved.preprocessing)
         mlflow.log_metrics({"train_images": len(arrays["train_x"]),
                             "test_images": len(arrays["test_x"])})
-    return RunResult(run.info.run_id, "extract", {}, data.prepared.synthetic)
+        mlflow.set_tag(runs.TAG_NOTE, _note(
+            settings, resolved, _synthetic(data, resolved),
+            f"2048-d features of {len(arrays['train_x'])} training and {len(arrays['test_x'])} "
+            f"test images ({FEATURES_ARTIFACT})"))
+    return RunResult(run.info.run_id, "extract", {}, _synthetic(data, resolved))
 
 
 def probe(source: str, target: str, **params: Any) -> RunResult:
     """Train a linear classifier on frozen features of `source` for `target` (Fig. 1, Table III)."""
     settings, data, resolved = _transfer_setup("probe", source, target, params)
-    fingerprint = _fingerprint(settings, resolved, data.prepared.synthetic)
+    fingerprint = _fingerprint(settings, resolved, _synthetic(data, resolved))
     with runs.tracked_run("probe", settings.source, settings.target) as run:
         _record_inputs(data, settings, fingerprint, resolved.preprocessing, resolved)
         arrays = _features(settings, data, resolved, resolved.preprocessing)
@@ -584,6 +682,9 @@ def probe(source: str, target: str, **params: Any) -> RunResult:
             standardize=settings.standardize, epochs=settings.epochs,
             batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
         runs.log_history(run.info.run_id, result.history)
-        final = _log_evaluation(data, arrays["test_y"], result.test_probs, arrays["test_files"])
+        final = _log_evaluation(data, arrays["test_y"], result.test_probs, arrays["test_files"],
+                                title=_figure_title(settings), synthetic=_synthetic(data, resolved))
+        mlflow.set_tag(runs.TAG_NOTE, _note(settings, resolved, _synthetic(data, resolved),
+                                            _format_metrics(final)))
         runs.announce(f"done: {_format_metrics(final)}")
-    return RunResult(run.info.run_id, "probe", final, data.prepared.synthetic)
+    return RunResult(run.info.run_id, "probe", final, _synthetic(data, resolved))

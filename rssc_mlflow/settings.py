@@ -17,6 +17,8 @@ from rssc_mlflow.errors import RsscError
 
 Stage = Literal["pretrain", "adapt", "extract", "probe", "finetune"]
 STAGES: tuple[str, ...] = ("pretrain", "adapt", "extract", "probe", "finetune")
+TRAINING_STAGES: tuple[str, ...] = ("pretrain", "adapt", "finetune")
+TRANSFER_STAGES: tuple[str, ...] = ("extract", "probe", "finetune")
 PRECISIONS = ("float32", "mixed")
 STRATEGIES = ("auto", "mirrored", "multiworker")
 SOLVERS = ("adam", "lbfgs")
@@ -41,16 +43,42 @@ class RunSettings:
     split_file: str | None
     solver: str
     standardize: bool
+    # A registered source without a version aliased @profile: take the newest (else an error).
+    allow_any_version: bool = False
 
     @property
     def resize(self) -> int:
         return protocol.resize_for_crop(self.image_size)
 
-    def as_params(self) -> dict[str, Any]:
-        """The parameters as MLflow logs them (None becomes "default")."""
-        out = dataclasses.asdict(self)
-        out["resize"] = self.resize
-        return {k: ("default" if v is None else v) for k, v in out.items()}
+    def as_params(self, *, peak_lr: float, preprocessing: str) -> dict[str, str]:
+        """The parameters a run logs: the values it used, under their own names, and only
+        those that apply to its stage. The same whichever way the run started (CLI, library,
+        `mlflow run`), because `mlflow run` logs its declared parameters itself.
+
+        `peak_lr` and `preprocessing` are the resolved values (`lr` and `preprocessing` are
+        None when left to the schedule rule and the model's lineage).
+        """
+        training = self.stage in TRAINING_STAGES
+        params: dict[str, Any] = {
+            "stage": self.stage, "source": self.source, "profile": self.profile,
+            "seed": self.seed, "batch_size": self.batch_size, "image_size": self.image_size,
+            "resize": self.resize, "preprocessing": preprocessing, "precision": self.precision,
+        }
+        if self.target:
+            params["target"] = self.target
+        if self.stage != "extract":
+            params["epochs"] = self.epochs
+        if training or (self.stage == "probe" and self.solver == "adam"):
+            params["lr"] = peak_lr
+        if training:
+            params["strategy"] = self.strategy
+        if self.stage == "probe":
+            params.update(solver=self.solver, standardize=self.standardize)
+        if self.stage in TRANSFER_STAGES:  # the stages that resolve a registered source
+            params["allow_any_version"] = self.allow_any_version
+        if self.split_file:
+            params["split_file"] = self.split_file
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
 
 
 def _positive(name: str, value: int) -> int:
@@ -76,6 +104,7 @@ def resolve_settings(
     split_file: str | None = None,
     solver: str = "adam",
     standardize: bool = False,
+    allow_any_version: bool = False,
 ) -> RunSettings:
     """Fill in the profile's defaults and refuse invalid values with a message that says why."""
     if stage not in STAGES:
@@ -113,6 +142,7 @@ def resolve_settings(
         batch_size=batch_size, image_size=image_size, seed=int(seed), lr=lr,
         preprocessing=preprocessing, precision=precision, strategy=strategy,
         split_file=split_file or None, solver=solver, standardize=bool(standardize),
+        allow_any_version=bool(allow_any_version),
     )
 
 

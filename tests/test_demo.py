@@ -133,6 +133,9 @@ def test_imagenet_standin_trains_saves_and_is_reused(tmp_path, monkeypatch) -> N
     assert path == tmp_path / "weights" / models.IMAGENET_WEIGHTS_FILE
     info = json.loads(path.with_name(path.name.removesuffix(".h5") + ".json").read_text())
     assert info["synthetic"] is True and info["epochs"] == 1 and info["dataset"] == "imagenet100"
+    from rssc_mlflow.tracking import registry  # runs that use it know it is not Keras's file
+
+    assert registry.imagenet_origin(path)[registry.MV_IMAGENET_ORIGIN] == "synthetic-stand-in"
     assert any("training ResNet-50 from scratch" in line for line in said)
     backbone = keras.applications.ResNet50(include_top=False, weights=str(path),
                                            input_shape=(32, 32, 3), pooling="avg")

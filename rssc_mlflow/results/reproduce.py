@@ -340,7 +340,7 @@ def finished_runs() -> dict[tuple[str, str, str, str, str], str]:
 def interrupted_runs() -> dict[tuple[str, str, str, str, str], list[mlflow.entities.Run]]:
     """{(stage, source, target, seed, fingerprint): runs} of RUNNING or FAILED training runs,
     newest first: what a crash, a kill -9 or a pre-empted node left."""
-    found = [run for status in ("RUNNING", "FAILED") for run in mlflow.search_runs(
+    found = [run for status in ("RUNNING", "FAILED", "KILLED") for run in mlflow.search_runs(
         search_all_experiments=True, output_format="list",
         filter_string=f"attributes.status = '{status}'")]  # IN (...) is for run ids only
     found.sort(key=lambda run: run.info.start_time, reverse=True)

@@ -14,6 +14,7 @@ back here, so it travels with the model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -22,13 +23,12 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
-from rssc_mlflow import config, models
-from rssc_mlflow.data.catalog import CATALOG
+from rssc_mlflow import config, models, protocol
+from rssc_mlflow.data.catalog import CATALOG, DatasetSpec
 from rssc_mlflow.errors import ModelError
+from rssc_mlflow.tracking import pyfunc_model
 
 # Tags on every registered version (read back by `resolve_source`).
 MV_PREPROCESSING = "preprocessing"
@@ -38,6 +38,14 @@ MV_FINGERPRINT = "fingerprint"
 MV_SOURCE = "source"
 MV_SYNTHETIC = "synthetic"
 MV_CROP = "crop"
+MV_CLASSES = "classes"  # JSON list, in the order of the model's outputs
+MV_TASK = "task"  # single | multi
+# Where ImageNet-lineage weights came from, on the run and on every version downstream.
+MV_IMAGENET_FILE = "imagenet_weights_file"
+MV_IMAGENET_SHA256 = "imagenet_weights_sha256"
+MV_IMAGENET_ORIGIN = "imagenet_weights_origin"  # one of IMAGENET_ORIGINS
+IMAGENET_ORIGINS = ("keras-published", "synthetic-stand-in", "other-file")
+KERAS_IMAGENET_URI = "keras.applications.ResNet50(weights='imagenet')"
 
 _DOWNLOAD_COMPLETE = "RSSC_DOWNLOADED"  # written last into a cached model download
 
@@ -70,12 +78,34 @@ class ResolvedSource:
     uri: str = ""
     fingerprint: str = ""
     note: str = ""
+    aliases: tuple[str, ...] = ()
+    # The ImageNet weights at the root of the lineage (MV_IMAGENET_* keys), when there are any.
+    imagenet_weights: dict[str, str] = dataclasses.field(default_factory=dict)
+    synthetic: bool = False  # the weights came from synthetic data (a stand-in, a demo model)
     local_file: Path | None = None  # a local weight/model file, when there is one
     download_uri: str = ""  # else the MLflow URI it is downloaded from, on first use
 
     @property
     def pretrained(self) -> bool:
         return self.kind != "scratch"
+
+    def describe(self) -> str:
+        """One line for the console: what the run starts from and the input it feeds it."""
+        if self.kind == "scratch":
+            what = "random initialisation (scratch)"
+        elif self.kind == "registered":
+            aliases = ", ".join("@" + a for a in self.aliases) or "no alias"
+            what = f"{self.model_name} version {self.version} ({aliases})"
+        elif self.kind == "imagenet":
+            origin = {"keras-published": "Keras's published file",
+                      "synthetic-stand-in": "NOT Keras's file: a SYNTHETIC stand-in",
+                      "other-file": "NOT Keras's published file"}[
+                self.imagenet_weights[MV_IMAGENET_ORIGIN]]
+            what = (f"ImageNet weights {self.local_file} ({origin}, sha256 "
+                    f"{self.imagenet_weights[MV_IMAGENET_SHA256][:12]})")
+        else:
+            what = self.uri
+        return f"{what}, preprocessing {self.preprocessing}"
 
     @property
     def path(self) -> Path | None:
@@ -94,6 +124,46 @@ class ResolvedSource:
             return
         source = models.load_model_file(self.path)
         models.copy_backbone_weights(models.backbone_of(source), backbone)
+
+
+@functools.lru_cache(maxsize=16)
+def _digests(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, md5) of a file, computed once per process while it is unchanged."""
+    stat = Path(path).stat()
+    return _digests(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def keras_imagenet_notop_md5() -> str:
+    """The md5 Keras checks its downloaded ResNet-50 notop ImageNet file against."""
+    from keras.src.applications.resnet import WEIGHTS_HASHES
+
+    return WEIGHTS_HASHES["resnet50"][1]
+
+
+def imagenet_origin(path: Path) -> dict[str, str]:
+    """Which ImageNet weights a file holds: Keras's published file (its known md5), a synthetic
+    stand-in (a JSON next to it saying `"synthetic": true`, as `rssc demo` writes), or another
+    file. Keys: MV_IMAGENET_FILE, MV_IMAGENET_SHA256, MV_IMAGENET_ORIGIN."""
+    sha256, md5 = file_digests(path)
+    if md5 == keras_imagenet_notop_md5():
+        origin = "keras-published"
+    else:
+        try:
+            marker = json.loads(Path(path).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            marker = {}
+        origin = "synthetic-stand-in" if marker.get("synthetic") is True else "other-file"
+    return {MV_IMAGENET_FILE: str(Path(path).resolve()), MV_IMAGENET_SHA256: sha256,
+            MV_IMAGENET_ORIGIN: origin}
 
 
 def _client() -> mlflow.MlflowClient:
@@ -141,8 +211,10 @@ def _download(uri: str) -> Path:
     return _model_file_in(final)
 
 
-def find_version(name: str, profile: str, *, creating: str = "") -> tuple[object, str]:
-    """The version carrying alias @profile, else the newest version (and a note saying so)."""
+def find_version(name: str, profile: str, *, creating: str = "",
+                 allow_any_version: bool = False) -> tuple[object, str]:
+    """The version carrying alias @profile; without one, an error naming the versions there
+    are, or (`allow_any_version`) the newest version and a note saying so."""
     client = _client()
     try:
         return client.get_model_version_by_alias(name, profile), ""
@@ -158,9 +230,26 @@ def find_version(name: str, profile: str, *, creating: str = "") -> tuple[object
             f"Model '{name}' is not registered yet in the tracking store at "
             f"{mlflow.get_tracking_uri()}.{hint}"
         )
-    newest = max(versions, key=lambda v: int(v.version))
-    return newest, (f"no version of '{name}' has alias @{profile}; using the newest, "
-                    f"version {newest.version} (alias: {', '.join(newest.aliases) or 'none'})")
+    versions = sorted(versions, key=lambda v: int(v.version))
+    newest = versions[-1]
+    # search_model_versions leaves aliases out; the registered model has them all.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    aliases = lambda v: ", ".join("@" + a for a in sorted(by_version.get(str(v.version), [])))  # noqa: E731
+    listed = ", ".join(f"{v.version} ({aliases(v) or 'no alias'})" for v in versions)
+    if not allow_any_version:
+        other = next((a for v in reversed(versions) for a in sorted(by_version.get(str(v.version), []))), None)
+        raise ModelError(
+            f"No version of '{name}' has alias @{profile}, the profile of this run; its "
+            f"versions: {listed}. Profiles are never mixed silently: create the @{profile} "
+            f"version with `{creating}`"
+            + (f", run with --profile {other} to use @{other}" if other else "")
+            + f", or pass --allow-any-version to use the newest (version {newest.version})."
+        )
+    newest = client.get_model_version(name, newest.version)  # with its aliases
+    return newest, (f"no version of '{name}' has alias @{profile}; --allow-any-version: using "
+                    f"the newest, version {newest.version} ({aliases(newest) or 'no alias'})")
 
 
 def _from_version(reference: str, mv, note: str, override: str | None) -> ResolvedSource:
@@ -172,21 +261,38 @@ def _from_version(reference: str, mv, note: str, override: str | None) -> Resolv
         preprocessing=override or recorded, model_name=mv.name, version=str(mv.version),
         run_id=mv.run_id or "", uri=f"models:/{mv.name}/{mv.version}",
         fingerprint=tags.get(MV_FINGERPRINT, ""), note=note,
-        download_uri=f"models:/{mv.name}/{mv.version}",
+        aliases=tuple(sorted(mv.aliases or [])), download_uri=f"models:/{mv.name}/{mv.version}",
+        imagenet_weights={k: tags[k] for k in (MV_IMAGENET_FILE, MV_IMAGENET_SHA256,
+                                               MV_IMAGENET_ORIGIN) if k in tags},
+        synthetic=tags.get(MV_SYNTHETIC, "false") == "true",
     )
 
 
-def resolve_source(reference: str, *, profile: str, preprocessing: str | None = None
-                   ) -> ResolvedSource:
-    """Turn a model reference into weights to start from and the preprocessing they expect."""
+def resolve_source(reference: str, *, profile: str, preprocessing: str | None = None,
+                   allow_any_version: bool = False) -> ResolvedSource:
+    """Turn a model reference into weights to start from and the preprocessing they expect.
+
+    A dataset key (or imagenet+key) takes the registered version with alias @profile; without
+    one it is an error, unless `allow_any_version` (then the newest, with a note).
+    """
     ref = reference.strip()
     if ref == "scratch":
         return ResolvedSource(ref, "scratch", "scratch", models.preprocessing_for("scratch", preprocessing))
     if ref == "imagenet":
+        path = models.imagenet_weights_path()
+        weights = imagenet_origin(path)
+        origin = weights[MV_IMAGENET_ORIGIN]
         return ResolvedSource(ref, "imagenet", "imagenet",
                               models.preprocessing_for("imagenet", preprocessing),
-                              uri="keras.applications.ResNet50(weights='imagenet')",
-                              local_file=models.imagenet_weights_path())
+                              uri=KERAS_IMAGENET_URI if origin == "keras-published"
+                              else path.resolve().as_uri(),
+                              imagenet_weights=weights,
+                              synthetic=origin == "synthetic-stand-in", local_file=path,
+                              note="" if origin == "keras-published" else
+                              f"the ImageNet weight file {path} is not Keras's published "
+                              f"{models.IMAGENET_WEIGHTS_FILE} (md5 differs)"
+                              + ("; it is a SYNTHETIC stand-in" if origin == "synthetic-stand-in"
+                                 else ""))
     if ref.startswith("models:/"):
         m = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
         if m:
@@ -205,7 +311,8 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
     init, _, key = ref.partition("+") if "+" in ref else ("scratch", "", ref)
     if key in CATALOG and init in ("scratch", "imagenet"):
         name = registered_name(key, init)
-        mv, note = find_version(name, profile, creating=creating_command(key, init, profile))
+        mv, note = find_version(name, profile, creating=creating_command(key, init, profile),
+                                allow_any_version=allow_any_version)
         return _from_version(ref, mv, note, preprocessing)
     path = Path(ref).expanduser()
     if path.suffix in (".keras", ".h5"):
@@ -220,8 +327,86 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
     )
 
 
-def log_model(model, *, signature, registered_model_name: str | None = None):
-    """Log `model` as the run's `model` artifact, without its optimizer state.
+PREPROCESSING_IN_WORDS = {
+    "unit": "pixels divided by 255 (values in [0, 1])",
+    "imagenet-rgb": "the ImageNet means {means} subtracted in RGB order (the authors' code)",
+    "imagenet-caffe": "Keras's ResNet-50 preprocess_input: RGB to BGR, then the ImageNet means "
+                      "subtracted in BGR order",
+}
+
+
+@dataclasses.dataclass
+class ModelCard:
+    """What a logged model says about itself: its classes, input and held-out result."""
+
+    spec: DatasetSpec
+    crop: int
+    preprocessing: str
+    synthetic: bool
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    test_images: int = 0
+    split_role: str = "source"
+    head: bool = True  # False: a backbone (an imported notop weight file), features out
+    imagenet_weights: dict[str, str] = dataclasses.field(default_factory=dict)  # MV_IMAGENET_*
+
+    def config(self) -> dict:
+        return pyfunc_model.model_config(
+            classes=list(self.spec.classes) if self.head else [],
+            task=self.spec.task if self.head else "features", crop=self.crop,
+            preprocessing=self.preprocessing)
+
+    def preprocessing_in_words(self) -> str:
+        return PREPROCESSING_IN_WORDS[self.preprocessing].format(
+            means=tuple(protocol.IMAGENET_MEANS_RGB))
+
+    def result(self) -> str:
+        if not self.metrics:
+            return "not evaluated by rssc (imported)"
+        key = "test_accuracy" if "test_accuracy" in self.metrics else next(iter(self.metrics))
+        fraction = "20%" if self.split_role == "source" else "80%"
+        return (f"{key} {100 * self.metrics[key]:.2f}% on the held-out {fraction} of "
+                f"{self.spec.key} ({self.test_images} images)")
+
+    def describe(self, *, name: str, init: str, profile: str, uri: str) -> str:
+        """The version's description (markdown): the model card."""
+        started = "from scratch" if init == "scratch" else "from ImageNet weights"
+        resize = protocol.resize_for_crop(self.crop)
+        lines = [
+            f"ResNet-50 pre-trained {started} on {self.spec.title} (`{self.spec.key}`, "
+            f"{self.spec.task}-label, {self.spec.num_classes} classes) by rssc-mlflow, profile "
+            f"`{profile}`.",
+        ]
+        if self.synthetic:
+            lines.append("**SYNTHETIC**: trained on synthetic stand-in images; its numbers are "
+                         "not comparable to the paper.")
+        lines += [
+            "",
+            f"- source dataset: `{self.spec.key}`; init: {init}; profile: {profile}",
+            f"- input: resized to {resize} x {resize} px, central crop {self.crop} x {self.crop} "
+            f"px; preprocessing `{self.preprocessing}`: {self.preprocessing_in_words()}",
+            f"- held-out result: {self.result()}",
+            *([f"- ImageNet weights at the root of its lineage: "
+               f"{self.imagenet_weights[MV_IMAGENET_ORIGIN]}, sha256 "
+               f"{self.imagenet_weights[MV_IMAGENET_SHA256]}"] if self.imagenet_weights else []),
+            (f"- classes ({self.spec.num_classes}, in output order): "
+             + ", ".join(self.spec.classes)) if self.head else
+            "- no classification head (imported backbone): outputs the 2048 pooled features",
+            "",
+            f"`mlflow.pyfunc.load_model(\"{uri}\").predict(images)` takes decoded uint8 RGB "
+            "images of any size, shape (n, height, width, 3), and does the resize, crop and "
+            "preprocessing itself; it returns a DataFrame with "
+            + ("the features f0 .. f2047" if not self.head else
+               ("`labels` (the labels above 0.5)" if self.spec.multilabel else "`class`")
+               + " and one probability column per class") + ". "
+            f"`mlflow.keras.load_model(\"{uri}\")` gives the Keras model, whose input is float32 "
+            f"(n, {self.crop}, {self.crop}, 3) already preprocessed as above.",
+        ]
+        return "\n".join(lines)
+
+
+def log_model(model, *, card: ModelCard, registered_model_name: str | None = None):
+    """Log `model` as the run's `model` artifact (keras + pyfunc, `pyfunc_model`), without its
+    optimizer state.
 
     Keras saves a compiled model with Adam's two moment slots per weight: three times the
     weights (~270 MB instead of ~95 MB for ResNet-50). Transfer runs only read the weights, so
@@ -233,24 +418,36 @@ def log_model(model, *, signature, registered_model_name: str | None = None):
     if getattr(model, "optimizer", None) is not None:
         logged = keras.models.clone_model(model)
         logged.set_weights(model.get_weights())
-    return mlflow.keras.log_model(logged, name="model", signature=signature,
-                                  registered_model_name=registered_model_name,
-                                  pip_requirements=PIP_REQUIREMENTS)
+    return pyfunc_model.log_model(logged, config=card.config(),
+                                  pip_requirements=PIP_REQUIREMENTS,
+                                  registered_model_name=registered_model_name)
 
 
-def register(model, *, source_key: str, init: str, profile: str, preprocessing: str,
-             fingerprint: str, synthetic: bool, crop: int, signature) -> tuple[str, str]:
-    """Log `model` to the active run, register it and give it the profile as alias."""
+def register(model, *, card: ModelCard, source_key: str, init: str, profile: str,
+             fingerprint: str) -> tuple[str, str]:
+    """Log `model` to the active run, register it, give it the profile as alias, its tags and
+    its model card (the version's description)."""
     name = registered_name(source_key, init)
-    info = log_model(model, signature=signature, registered_model_name=name)
+    info = log_model(model, card=card, registered_model_name=name)
     version = str(info.registered_model_version)
     client = _client()
-    tags = {MV_PREPROCESSING: preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,
+    tags = {MV_PREPROCESSING: card.preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,
             MV_FINGERPRINT: fingerprint, MV_SOURCE: source_key,
-            MV_SYNTHETIC: str(synthetic).lower(), MV_CROP: str(crop)}
+            MV_SYNTHETIC: str(card.synthetic).lower(), MV_CROP: str(card.crop),
+            MV_CLASSES: json.dumps(card.config()["classes"]), MV_TASK: card.config()["task"]}
+    tags.update(card.imagenet_weights)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, profile, version)
+    client.update_model_version(name, version, description=card.describe(
+        name=name, init=init, profile=profile, uri=f"models:/{name}@{profile}"))
+    started = "from scratch" if init == "scratch" else "from ImageNet weights"
+    client.update_registered_model(name, description=(
+        f"ResNet-50 backbones pre-trained {started} on {card.spec.title} "
+        f"(`{source_key}`) by rssc-mlflow (`{creating_command(source_key, init, profile)}`). "
+        "One version per training run; its alias is the profile it was trained with (@paper: "
+        "the paper's protocol; @demo and @smoke: small CPU runs). Each version's description "
+        f"is its model card. Load one with `mlflow.pyfunc.load_model(\"models:/{name}@paper\")`."))
     return name, version
 
 
@@ -263,9 +460,10 @@ def list_models() -> list[dict]:
     return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
 
 
-def download(reference: str, out: Path, *, profile: str) -> list[Path]:
+def download(reference: str, out: Path, *, profile: str,
+             allow_any_version: bool = False) -> list[Path]:
     """Write `model.keras` and a Keras notop backbone weight file for a registered model."""
-    resolved = resolve_source(reference, profile=profile)
+    resolved = resolve_source(reference, profile=profile, allow_any_version=allow_any_version)
     if resolved.path is None or resolved.kind == "imagenet":
         raise ModelError(f"{reference!r} is not a registered model; pass KEY, imagenet+KEY or a "
                          "models:/ URI.")
@@ -298,12 +496,16 @@ def import_model(path: Path, *, source_key: str, init: str, profile: str,
     models.check_resnet50(models.backbone_of(model))
     mode = models.preprocessing_for(init, preprocessing)
     crop = int(model.input_shape[1] or 256)
-
-    sample = np.zeros((1, crop, crop, 3), np.float32)
-    signature = infer_signature(sample, np.asarray(model(sample, training=False)))
+    outputs = int(model.outputs[0].shape[-1])
+    head = outputs != models.FEATURE_DIM or model.layers[-1].name != models.POOL_NAME
+    if head and outputs != spec.num_classes:
+        raise ModelError(
+            f"{path} has {outputs} outputs, but {source_key} has {spec.num_classes} classes: "
+            f"import the classifier trained on {source_key} (with its head), or its backbone "
+            "as a notop weight file.")
+    card = ModelCard(spec=spec, crop=crop, preprocessing=mode, synthetic=False, head=head)
     with runs.tracked_run("import", source_key, tags={"rssc.imported_file": str(Path(path).name)}):
         mlflow.log_params({"file": Path(path).name, "init": init, "profile": profile,
                            "preprocessing": mode, "num_classes": spec.num_classes})
-        return register(model, source_key=source_key, init=init, profile=profile,
-                        preprocessing=mode, fingerprint="imported", synthetic=False, crop=crop,
-                        signature=signature)
+        return register(model, card=card, source_key=source_key, init=init, profile=profile,
+                        fingerprint="imported")

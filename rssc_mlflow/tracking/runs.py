@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,16 +22,18 @@ from typing import Any
 
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 
 from rssc_mlflow import __version__
-from rssc_mlflow.errors import RsscError
+from rssc_mlflow.errors import Interrupted, RsscError
+from rssc_mlflow.settings import TRAINING_STAGES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "rssc"
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
 # Tag names, in one place: results/summarize.py reads exactly these.
 TAG_STAGE = "rssc.stage"
 TAG_SOURCE = "rssc.source"
@@ -50,15 +54,65 @@ TAG_GIT_COMMIT = "rssc.git_commit"
 TAG_VERSION = "rssc.version"
 TAG_ERROR = "rssc.error"
 TAG_CHECKPOINT_DIR = "rssc.checkpoint_dir"
+# What the UI shows: the run's description, and a short flag to add as a column at a glance.
+TAG_NOTE = "mlflow.note.content"
+TAG_SYNTHETIC_FLAG = "SYNTHETIC"  # "yes" on synthetic runs only
+
+# Stages whose runs continue from a checkpoint with `rssc STAGE --resume RUN_ID`.
+RESUMABLE_STAGES = TRAINING_STAGES
 
 SYNTHETIC_BANNER = (
     "SYNTHETIC DATA: this run used synthetic stand-in images; its numbers are NOT comparable "
     "to the paper."
 )
+SYNTHETIC_WEIGHTS_BANNER = (
+    "SYNTHETIC WEIGHTS: this run starts from weights trained on synthetic images (e.g. the "
+    "demo's ImageNet stand-in); its numbers are NOT comparable to the paper."
+)
 
 
 def experiment_name() -> str:
+    """Where every rssc run goes and what `rssc summarize` reads: MLFLOW_EXPERIMENT_NAME or rssc."""
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
+def experiment_id() -> str:
+    """The id of `experiment_name()`, created when missing.
+
+    Passed on explicitly rather than made active with `set_experiment`: when two processes
+    create the experiment at once, the loser's `set_experiment` returns it without making it
+    active, and its run would land in "Default" (seen with 4 runs on one server).
+    """
+    client = mlflow.MlflowClient()
+    name = experiment_name()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # created by another process meanwhile
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        raise RsscError(
+            f"The experiment {name!r} is deleted in the tracking store at "
+            f"{mlflow.get_tracking_uri()}. Restore it (`mlflow experiments restore "
+            f"--experiment-id {found.experiment_id}`), or set MLFLOW_EXPERIMENT_NAME to another "
+            "name.")
+    _mark_experiment_kind(found)
+    return found.experiment_id
+
+
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, latency, tokens) unless this
+# tag says it holds model training runs; then it opens on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def _mark_experiment_kind(experiment: Any) -> None:
+    if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 EXPERIMENT_KIND)
 
 
 def git_commit() -> str:
@@ -75,8 +129,49 @@ def git_commit() -> str:
 
 
 def run_name(stage: str, source: str, target: str = "") -> str:
-    """Names that read well in the UI: 'finetune mlrsnet_sl -> ucm', 'pretrain resisc45'."""
+    """The label of a run on the console: 'finetune mlrsnet_sl -> ucm', 'pretrain resisc45'."""
     return f"{stage} {source} -> {target}" if target else f"{stage} {source}"
+
+
+# The runs table of MLflow 3's UI gives run names 190 px (about 24 characters): there a run is
+# named with short forms, e.g. 'ft mlrs→ucm', 'probe IN+mlrs-other→ucm'. The seed is a column
+# of its own (parameter `seed`); tags and the run's description carry the full names.
+UI_NAME_MAX = 24
+_SHORT_STAGES = {"pretrain": "pre", "adapt": "adapt", "finetune": "ft", "extract": "feat",
+                 "probe": "probe"}
+_SHORT_KEYS = {"imagenet": "IN", "imagenet100": "in100", "mlrsnet_sl": "mlrs",
+               "mlrsnet_ml": "mlrs-ml", "mlrsnet_ucm_same": "mlrs-same",
+               "mlrsnet_ucm_other": "mlrs-other", "mlrsnet_half": "mlrs-half",
+               "resisc45": "resisc", "patternnet": "pnet", "rsicb256": "rsicb"}
+
+
+def _short(reference: str) -> str:
+    return "+".join(_SHORT_KEYS.get(part, part) for part in reference.split("+"))
+
+
+def ui_run_name(stage: str, source: str, target: str = "") -> str:
+    """The run's name in the UI: short stage and dataset names."""
+    name = f"{_SHORT_STAGES.get(stage, stage)} {_short(source)}"
+    return f"{name}→{_short(target)}" if target else name
+
+
+def run_note(*, stage: str, source: str, target: str, profile: str, seed: int,
+             lineage: str, synthetic: bool, result: str) -> str:
+    """The run's description (markdown, three lines): what ran, from what, with what result."""
+    head = f"**{stage}** {source}" + (f" → {target}" if target else "")
+    head += f" · profile {profile}, seed {seed}"
+    if synthetic:
+        head += " · **SYNTHETIC**: not comparable to the paper"
+    return "  \n".join([head, f"lineage: {lineage}", f"result: {result}"])
+
+
+def _note_result(run_id: str, result: str) -> None:
+    """Replace the result line of a run's description (failed, interrupted)."""
+    client = mlflow.MlflowClient()
+    note = client.get_run(run_id).data.tags.get(TAG_NOTE, "")
+    lines = note.split("  \n")
+    if lines and lines[-1].startswith("result: "):
+        client.set_tag(run_id, TAG_NOTE, "  \n".join([*lines[:-1], f"result: {result}"]))
 
 
 def check_tracking_reachable(timeout_s: float = 10.0) -> None:
@@ -110,6 +205,35 @@ def check_tracking_reachable(timeout_s: float = 10.0) -> None:
 
 class TrackingServerGone(RsscError):
     """The tracking server stopped answering after training; the results are kept locally."""
+
+
+INTERRUPTING_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `Interrupted` in the main thread until the block ends.
+
+    Without this SIGTERM ends the process at once and leaves the run RUNNING. After the first
+    signal both are ignored, so a second one cannot cut short the marking of the run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        for sig in INTERRUPTING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    saved = {sig: signal.getsignal(sig) for sig in INTERRUPTING_SIGNALS}
+    for sig in INTERRUPTING_SIGNALS:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def server_unreachable(exc: BaseException) -> bool:
@@ -157,6 +281,8 @@ def tracked_run(
     Whatever is raised inside is recorded on the run (tag `rssc.error`) before the run is marked
     FAILED and the exception goes on, so no run is ever left RUNNING by an error, except when
     the server itself is gone (`TrackingServerGone`: the error says how to finish the run).
+    SIGTERM or SIGINT inside marks the run KILLED with the signal as its `rssc.error` and raises
+    `Interrupted`, which carries the run id and (training stages) the `--resume` command.
     """
     check_tracking_reachable()
     if resume_run_id:
@@ -174,36 +300,62 @@ def tracked_run(
             mlflow.set_tag("rssc.previous_error", previous)
             mlflow.MlflowClient().delete_tag(resume_run_id, TAG_ERROR)
     else:
-        experiment_id = None
-        if not os.environ.get("MLFLOW_RUN_ID"):
-            # The id is passed on explicitly: when two processes create the experiment at
-            # once, the loser's `set_experiment` returns it without making it active, and its
-            # run would land in "Default" (seen with 4 runs on one server).
-            experiment_id = mlflow.set_experiment(experiment_name()).experiment_id
-        run = mlflow.start_run(run_name=run_name(stage, source, target),
-                               experiment_id=experiment_id, log_system_metrics=True)
+        # Under `mlflow run` the run exists already (MLFLOW_RUN_ID), in the experiment that
+        # `mlflow run` chose (`--experiment-name`, or `rssc` through rssc's MLflow plugin).
+        attached = bool(os.environ.get("MLFLOW_RUN_ID"))
+        name = ui_run_name(stage, source, target)
+        run = mlflow.start_run(run_name=name,
+                               experiment_id=None if attached else experiment_id(),
+                               log_system_metrics=True)
+        if attached:
+            _mark_experiment_kind(mlflow.MlflowClient().get_experiment(run.info.experiment_id))
+        if attached and run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
+            announce(f"note: this run is in MLflow's experiment 'Default', which `rssc "
+                     f"summarize` does not read; pass `--experiment-name {experiment_name()}` "
+                     "to `mlflow run`.")
         mlflow.set_tags({
-            "mlflow.runName": run_name(stage, source, target),
+            "mlflow.runName": name,
             TAG_STAGE: stage, TAG_SOURCE: source, TAG_TARGET: target,
             TAG_GIT_COMMIT: git_commit(), TAG_VERSION: __version__,
             **(tags or {}),
         })
-    try:
-        yield run
-    except TrackingServerGone:
-        # The server is gone: the run stays RUNNING there until `--resume` finishes it (the
-        # error says how). One quick attempt to end it, no minutes of retries.
-        with _no_http_retries(), contextlib.suppress(Exception):
+    # Signal handlers stay ours until the run is marked, so a second signal cannot cut it short.
+    with _signals_raise_interrupted():
+        try:
+            yield run
+        except Interrupted as exc:
+            exc.run_id = run.info.run_id
+            if not exc.how_to_continue:
+                exc.how_to_continue = (
+                    f"Continue the same run with `rssc {stage} --resume {exc.run_id}`."
+                    if stage in RESUMABLE_STAGES else "Run the same command again.")
+            # One quick attempt each: a pre-empted node has seconds left, not minutes of retries.
+            with _no_http_retries():
+                with contextlib.suppress(Exception):
+                    mlflow.set_tag(TAG_ERROR, f"Interrupted: {exc.signal.name} "
+                                              f"(signal {int(exc.signal)}). {exc.how_to_continue}")
+                with contextlib.suppress(Exception):
+                    _note_result(exc.run_id, f"KILLED by {exc.signal.name}. "
+                                             f"{exc.how_to_continue}")
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except TrackingServerGone:
+            # The server is gone: the run stays RUNNING there until `--resume` finishes it (the
+            # error says how). One quick attempt to end it, no minutes of retries.
+            with _no_http_retries(), contextlib.suppress(Exception):
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        except BaseException as exc:
+            message = str(exc) or type(exc).__name__
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {message}"[:5000])
+            with contextlib.suppress(Exception):
+                _note_result(run.info.run_id, f"FAILED: {type(exc).__name__}: {message}"[:2000])
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    except BaseException as exc:
-        message = str(exc) or type(exc).__name__
-        with contextlib.suppress(Exception):
-            mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {message}"[:5000])
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+            raise
+        else:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
 EFFECTIVE_PREFIX = "effective_"
@@ -212,9 +364,10 @@ EFFECTIVE_PREFIX = "effective_"
 def log_params(params: Mapping[str, Any]) -> None:
     """Log the effective parameters in one call.
 
-    MLflow parameters cannot change. Under `mlflow run` the project's own values ("default")
-    are already logged, so an effective value that differs goes under `effective_<name>`;
-    on resume, values already logged are left alone.
+    MLflow parameters cannot change. Under `mlflow run` the parameters the user passed are
+    already logged as typed (`lr=1e-3`): a value equal to ours, also as a number, is left as
+    it is; one that differs (a run logged before values were resolved) gets ours under
+    `effective_<name>`. On resume, values already logged are left alone.
     """
     run = mlflow.active_run()
     existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
@@ -222,10 +375,19 @@ def log_params(params: Mapping[str, Any]) -> None:
     for key, value in params.items():
         if key not in existing:
             fresh[key] = value
-        elif existing[key] != str(value) and EFFECTIVE_PREFIX + key not in existing:
+        elif not _same_value(existing[key], str(value)) and EFFECTIVE_PREFIX + key not in existing:
             fresh[EFFECTIVE_PREFIX + key] = value
     if fresh:
         mlflow.log_params(fresh)
+
+
+def _same_value(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
 
 
 def effective_params(params: Mapping[str, str]) -> dict[str, str]:
@@ -247,7 +409,8 @@ def log_history(run_id: str, rows: list[Mapping[str, float]]) -> None:
 def log_dataset_input(name: str, path: Path, digest: str, context: str,
                       tags: Mapping[str, str] | None = None) -> None:
     """Record a dataset (or one split of it) as a run input, identified by its digest."""
-    source = resolve_dataset_source(str(path))
+    # Said to be local, not guessed: resolving a path warns that two registered sources match.
+    source = get_dataset_source_from_json(json.dumps({"uri": str(path)}), source_type="local")
     mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context=context,
                      tags=dict(tags or {}))
 

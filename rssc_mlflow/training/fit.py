@@ -20,7 +20,7 @@ Two CPU-speed choices, same mathematics (see `FusedAdam` and `fast_conv_gradient
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -183,7 +183,8 @@ class TrainingEpochs(Protocol):
 def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | None, *,
         epochs: int, steps_per_epoch: int, schedule: WarmupStepDecay,
         checkpoint_dir: Path | None, log_epoch: Callable[[int, dict[str, float]], None],
-        already_logged: set[int] | None = None, verbose: int = 2) -> int:
+        already_logged: set[int] | None = None, verbose: int = 2,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> int:
     """Train for `epochs`, resuming from `checkpoint_dir` when it holds a backup.
 
     The evaluation split is passed as validation data, as the authors did: it is reported each
@@ -197,10 +198,12 @@ def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | No
     determinism the resumed run ends with exactly the weights of an uninterrupted one.
     """
     prebuild(model, train(first_epoch=0, epochs=1))
+    extra_callbacks = list(callbacks)  # the caller's (e.g. progress.DurationEstimate)
     callbacks: list[keras.callbacks.Callback] = [
         StepLearningRate(schedule),
         # Logging before the backup: an epoch is checkpointed only once it is recorded.
         EpochLogger(log_epoch, schedule, already_logged),
+        *extra_callbacks,
     ]
     first_epoch = 0
     if checkpoint_dir is not None:  # None: no per-epoch backup (~1.5 s each for ResNet-50)

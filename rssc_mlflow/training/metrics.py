@@ -154,13 +154,18 @@ def classification_report_text(
     )
 
 
+SYNTHETIC_MARK = "SYNTHETIC DATA: not comparable to the paper"
+
+
 def confusion_matrix_png(
-    y_true: Any, y_pred: Any, class_names: Sequence[str], path: str | Path
+    y_true: Any, y_pred: Any, class_names: Sequence[str], path: str | Path, *,
+    title: str = "", synthetic: bool = False,
 ) -> Path:
     """Draw the row-normalised confusion matrix (colour = fraction of the true class) to `path`.
 
     Counts are written in the cells only up to `ANNOTATE_MAX_CLASSES` classes; the figure grows
-    with the number of classes so that 46 tick labels stay readable.
+    with the number of classes so that 46 tick labels stay readable. `title` goes on top, and
+    `synthetic` adds `SYNTHETIC_MARK` under it in red; both are also the PNG's Title metadata.
     """
     # The Figure API with its own Agg canvas: no pyplot global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -192,11 +197,18 @@ def confusion_matrix_png(
     # label (~1 s per figure at 45 classes, paid by every run).
     fontsize_in = fontsize / 72
     margin = 0.6 * fontsize_in * max(len(str(c)) for c in class_names) + 0.6
+    heading = [line for line in (title, SYNTHETIC_MARK if synthetic else "") if line]
+    if title:
+        fig.text(0.5, 1 - 0.25 / side, title, ha="center", va="top", fontsize=10, wrap=True)
+    if synthetic:
+        fig.text(0.5, 1 - (0.25 + 0.22 * bool(title)) / side, SYNTHETIC_MARK, ha="center",
+                 va="top", fontsize=10, color="#c00000", fontweight="bold")
+    top = 0.97 - 0.25 * len(heading) / side
     fig.subplots_adjust(left=min(0.45, margin / side), bottom=min(0.45, margin / side),
-                        right=0.88, top=0.97)
+                        right=0.88, top=top)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Title": " / ".join(heading)} if heading else None)
     return path
 
 

@@ -7,6 +7,7 @@ lbfgs probe from the logged features) are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from sklearn.metrics import accuracy_score
 from rssc_mlflow import commands, models
 from rssc_mlflow.data.catalog import get_spec
 from rssc_mlflow.data.prepare import load_prepared
-from rssc_mlflow.errors import RsscError
+from rssc_mlflow.errors import ModelError, RsscError
 from rssc_mlflow.tracking import registry, runs
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def _artifacts(client, run_id, path=""):
 def test_pretrain_records_everything(pretrained, store):
     run = store.get_run(pretrained.run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "pretrain resisc45"
+    assert run.info.run_name == "pre resisc"  # short for the runs table (runs.ui_run_name)
     tags, params = run.data.tags, run.data.params
     assert tags[runs.TAG_STAGE] == "pretrain" and tags[runs.TAG_SOURCE] == "resisc45"
     assert tags[runs.TAG_SYNTHETIC] == "true"
@@ -61,7 +62,8 @@ def test_pretrain_records_everything(pretrained, store):
     assert tags[runs.TAG_GIT_COMMIT] and tags[runs.TAG_VERSION]
     assert tags[runs.TAG_PREPROCESSING] == "unit"
     assert params["epochs"] == "1" and params["batch_size"] == "8" and params["image_size"] == "32"
-    assert params["lr"] == "default" and params["profile"] == "smoke"
+    assert params["lr"] == "0.003" and params["profile"] == "smoke"  # resolved: scratch rule
+    assert params["preprocessing"] == "unit" and "target" not in params and "solver" not in params
     # Per-epoch values (step = epoch) and the final evaluation.
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         history = store.get_metric_history(run.info.run_id, key)
@@ -93,14 +95,46 @@ def test_pretrain_registers_with_profile_alias_and_preprocessing(pretrained, sto
     assert mv.tags[registry.MV_SYNTHETIC] == "true"
     resolved = registry.resolve_source("resisc45", profile="smoke")
     assert (resolved.model_name, resolved.version, resolved.note) == ("rssc-resnet50-resisc45", "1", "")
-    fallback = registry.resolve_source("resisc45", profile="paper")
-    assert "no version of 'rssc-resnet50-resisc45' has alias @paper" in fallback.note
+    assert resolved.describe() == "rssc-resnet50-resisc45 version 1 (@smoke), preprocessing unit"
+
+
+def test_profiles_never_mix_silently(pretrained, store, capsys):
+    with pytest.raises(ModelError) as caught:
+        registry.resolve_source("resisc45", profile="paper")
+    assert str(caught.value) == (
+        "No version of 'rssc-resnet50-resisc45' has alias @paper, the profile of this run; its "
+        "versions: 1 (@smoke). Profiles are never mixed silently: create the @paper version "
+        "with `rssc pretrain --source resisc45 --profile paper`, run with --profile smoke to "
+        "use @smoke, or pass --allow-any-version to use the newest (version 1).")
+    experiments = [e.experiment_id for e in store.search_experiments()]
+    before = len(store.search_runs(experiments))
+    with pytest.raises(ModelError, match="has alias @demo"):
+        commands.finetune("resisc45", "ucm", profile="demo", log_model=False)
+    assert len(store.search_runs(experiments)) == before  # refused before any run
+
+    capsys.readouterr()
+    result = commands.finetune("resisc45", "ucm", profile="demo", allow_any_version=True,
+                               log_model=False)
+    out = capsys.readouterr().out
+    note = ("no version of 'rssc-resnet50-resisc45' has alias @demo; --allow-any-version: "
+            "using the newest, version 1 (@smoke)")
+    assert "[rssc] source: rssc-resnet50-resisc45 version 1 (@smoke), preprocessing unit\n" in out
+    assert f"[rssc] note: {note}\n" in out
+    # UCM, 3 images per class, 20% for training: 21 images; demo: 1 epoch, batches of 16.
+    assert ("[rssc] 21 image-steps (1 epoch x 21 images at 32 px, 2 steps of 16 per epoch)\n"
+            in out)
+    assert "s per step of" not in out  # 2 steps in all: nothing left to estimate
+    assert "WARNING: profile paper" not in out  # only the paper profile warns without a GPU
+    run = store.get_run(result.run_id)
+    assert run.data.tags["rssc.lineage.note"] == note
+    assert run.data.params["allow_any_version"] == "true" and run.data.params["profile"] == "demo"
+    assert run.data.tags[runs.TAG_LINEAGE_VERSION] == "1"
 
 
 def test_finetune_records_lineage(pretrained, store):
     result = commands.finetune("resisc45", "ucm", log_model=False, **SMOKE)
     run = store.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "finetune resisc45 -> ucm"
+    assert run.info.status == "FINISHED" and run.info.run_name == "ft resisc→ucm"
     tags = run.data.tags
     assert tags[runs.TAG_LINEAGE_NAME] == "rssc-resnet50-resisc45"
     assert tags[runs.TAG_LINEAGE_VERSION] == "1"
@@ -201,14 +235,20 @@ def test_nan_loss_marks_the_run_failed_with_the_epoch(world, store):
     failed = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                 filter_string="attributes.status = 'FAILED'")
     assert [r.data.tags[runs.TAG_ERROR].split(":")[0] for r in failed] == ["NanLossError"]
+    # The run's description in the UI says so too.
+    assert failed[0].data.tags[runs.TAG_NOTE].split("  \n")[-1].startswith(
+        "result: FAILED: NanLossError: Training diverged: the loss became nan in epoch 1.")
     _no_running_runs(store)
 
 
 def test_weights_import_registers_a_checked_file(pretrained, store, tmp_path):
     model_path, _, _ = registry.download("resisc45", tmp_path, profile="smoke")
-    name, version = registry.import_model(model_path, source_key="ucm", init="imagenet",
+    with pytest.raises(ModelError, match="has 45 outputs, but ucm has 21 classes"):
+        registry.import_model(model_path, source_key="ucm", init="imagenet", profile="smoke",
+                              preprocessing=None)
+    name, version = registry.import_model(model_path, source_key="resisc45", init="imagenet",
                                           profile="smoke", preprocessing=None)
-    assert name == "rssc-resnet50-imagenet-ucm"
+    assert name == "rssc-resnet50-imagenet-resisc45"
     mv = store.get_model_version_by_alias(name, "smoke")
     assert str(mv.version) == version
     assert mv.tags[registry.MV_PREPROCESSING] == "imagenet-rgb"  # ImageNet lineage default
@@ -261,10 +301,18 @@ def test_adapt_from_imagenet_weights_records_imagenet_preprocessing(world, store
     assert mv.tags[registry.MV_LINEAGE] == "imagenet"
     adapt_run = store.get_run(adapted.run_id)
     assert adapt_run.data.tags[runs.TAG_LINEAGE_NAME] == "imagenet"
+    # The lineage says which file it was, and that it is not Keras's published one.
+    origin = {registry.MV_IMAGENET_FILE: str(weights.resolve()),
+              registry.MV_IMAGENET_SHA256: hashlib.sha256(weights.read_bytes()).hexdigest(),
+              registry.MV_IMAGENET_ORIGIN: "other-file"}
+    assert adapt_run.data.tags[runs.TAG_LINEAGE_URI] == weights.resolve().as_uri()
+    assert {k: adapt_run.data.tags[f"rssc.lineage.{k}"] for k in origin} == origin
+    assert {k: mv.tags[k] for k in origin} == origin  # on the registered version downstream
     assert store.get_metric_history(adapted.run_id, "lr")[0].value == pytest.approx(3e-4, rel=1e-5)
     probe = commands.probe("imagenet+ucm", "aid", solver="lbfgs", **SMOKE)
     probe_run = store.get_run(probe.run_id)
     assert probe_run.data.tags[runs.TAG_PREPROCESSING] == "imagenet-caffe"  # read back
     assert probe_run.data.tags[runs.TAG_LINEAGE_NAME] == "rssc-resnet50-imagenet-ucm"
+    assert {k: probe_run.data.tags[f"rssc.lineage.{k}"] for k in origin} == origin  # and on
     plain = commands.probe("imagenet", "aid", solver="lbfgs", **SMOKE)
     assert store.get_run(plain.run_id).data.tags[runs.TAG_PREPROCESSING] == "imagenet-rgb"

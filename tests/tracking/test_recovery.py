@@ -29,6 +29,7 @@ from sklearn.metrics import accuracy_score
 from rssc_mlflow.tracking import runs
 from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, load_predictions
 from tests.tracking.conftest import free_port, start_mlflow_server
+from tests.tracking.test_quiet import ALLOWED, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +98,77 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
         done[other_id].data.metrics["test_accuracy"]
     assert done[run_id].data.tags["rssc.op_determinism"] == "true"
     assert not (tmp_path / "checkpoints" / run_id).exists()  # FINISHED: the backup is gone
+
+
+def _wait_for_backup(proc: subprocess.Popen, log: Path, checkpoints: Path, epochs: int) -> None:
+    """Until the run's backup holds `epochs` finished epochs (Keras writes its metadata last)."""
+    started = time.monotonic()
+    while not any(json.loads(p.read_text() or "{}").get("epoch") == epochs
+                  for p in checkpoints.glob("*/training_metadata.json")):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() - started < 400, f"epoch {epochs} was not backed up in time"
+        time.sleep(0.2)
+
+
+def _interrupt(args: list[str], env: dict[str, str], tmp_path: Path, sig: signal.Signals,
+               after_epochs: int, name: str) -> tuple[int, str]:
+    """Run `rssc ARGS` and send it `sig` once `after_epochs` epochs are backed up."""
+    log = tmp_path / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
+                            cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for_backup(proc, log, tmp_path / "checkpoints", after_epochs)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, " ".join(log.read_text().split())
+
+
+def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, tmp_path: Path):
+    """Pre-emption as Kubernetes or a batch scheduler does it: SIGTERM to `rssc finetune` in
+    epoch 2 of 2. The run is KILLED with the reason, its checkpoint is kept, the console gives
+    the exact command that continues it, and that command finishes the same run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    client.search_experiments()  # the schema exists before two processes use the store
+    env = _env(world, tmp_path, uri)
+    args = ["finetune", "--source", "scratch", "--target", "ucm", "--profile", "smoke",
+            "--epochs", "2", "--no-log-model"]
+
+    code, out = _interrupt(args, env, tmp_path, signal.SIGTERM, 1, "sigterm")
+    assert code == 128 + signal.SIGTERM, out[-3000:]  # 143, as a shell reports a SIGTERM
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    run_id = run.info.run_id
+    folder = tmp_path / "checkpoints" / run_id
+    assert run.info.status == "KILLED"
+    assert run.data.tags[runs.TAG_ERROR].startswith("Interrupted: SIGTERM (signal 15).")
+    assert (f"error: interrupted by SIGTERM: run {run_id} is marked KILLED. Its checkpoint (1 of "
+            f"2 epochs done) is kept in {folder}. Continue the same run with "
+            f"`rssc finetune --resume {run_id}`.") in out
+    assert "Traceback" not in out
+    assert json.loads((folder / "training_metadata.json").read_text())["epoch"] == 1
+    assert [s for s, _ in _history(client, run_id)["loss"]] == [1]
+    assert run.data.tags[runs.TAG_NOTE].endswith(  # the run's description in the UI
+        f"result: KILLED by SIGTERM. {run.data.tags[runs.TAG_ERROR].split('. ', 1)[1]}")
+
+    # As a user runs it, quiet by default (test_quiet.py): rssc's lines and Keras's, nothing else.
+    resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], clean_env(env), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    console = [line for line in (resumed.stdout + resumed.stderr).splitlines() if line.strip()]
+    assert [line for line in console if not ALLOWED.fullmatch(line)] == []
+    assert "Epoch 2/2" in console  # Keras's progress is kept
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert runs.TAG_ERROR not in run.data.tags
+    assert run.data.tags["rssc.previous_error"].startswith("Interrupted: SIGTERM")
+    assert run.data.tags[runs.TAG_NOTE].endswith(
+        f"result: test_accuracy={100 * run.data.metrics['test_accuracy']:.2f}%")
+    assert [s for s, _ in _history(client, run_id)["loss"]] == [1, 2]  # each epoch once
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # one run, continued
+    assert not folder.exists()
 
 
 # The injected fault: the server is stopped the moment training and evaluation are over,

@@ -167,7 +167,7 @@ def test_unauthenticated_clients_are_refused(server: AuthServer,
 def test_authenticated_client_logs_a_run(server: AuthServer,
                                          as_admin: mlflow.MlflowClient) -> None:
     run = as_admin.get_run(server.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "pretrain ucm"
+    assert run.info.status == "FINISHED" and run.info.run_name == "pre ucm"
     assert run.data.params == {"epochs": "1", "batch_size": "8", "lr": "default"}
     assert run.data.metrics["loss"] == 0.5 and run.data.metrics["accuracy"] == 0.25
     assert [m.value for m in as_admin.get_metric_history(server.run_id, "val_loss")] == [0.7, 0.6]

@@ -141,3 +141,24 @@ def test_label_prior_f1_is_the_f1_of_predicting_the_frequent_labels():
     assert label_prior_f1(train, test) == pytest.approx(2 / 3)
     assert label_prior_f1(train, test) == pytest.approx(
         skm.f1_score(test, np.tile([1, 0, 1, 0], (3, 1)), average="micro"))
+
+
+@pytest.mark.parametrize("n", [3, 46])
+def test_confusion_matrix_carries_its_title_and_the_synthetic_mark(tmp_path: Path, n: int) -> None:
+    from PIL import Image
+
+    y = np.arange(60) % n
+    names = [f"class_{i}" for i in range(n)]
+    title = "pretrain ucm (profile smoke, seed 42): test accuracy 100.00%, 60 images"
+    marked = confusion_matrix_png(y, y, names, tmp_path / "marked.png", title=title,
+                                  synthetic=True)
+    plain = confusion_matrix_png(y, y, names, tmp_path / "plain.png")
+    with Image.open(marked) as a, Image.open(plain) as b:
+        assert a.text["Title"] == f"{title} / SYNTHETIC DATA: not comparable to the paper"
+        assert "Title" not in b.text
+        top_a = np.asarray(a.convert("RGB"))[: a.height // 12].astype(int)
+        top_b = np.asarray(b.convert("RGB"))[: b.height // 12].astype(int)
+    red = lambda rgb: ((rgb[..., 0] > 150) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)).sum()  # noqa: E731
+    dark = lambda rgb: (rgb.sum(axis=-1) < 200).sum()  # noqa: E731
+    assert red(top_a) > 50 and red(top_b) == 0  # the mark, drawn in red at the top
+    assert dark(top_a) > 50  # the title's text
