@@ -26,8 +26,11 @@ splits_app = typer.Typer(help="Stratified splits and the authors' split files.",
                          no_args_is_help=True)
 weights_app = typer.Typer(help="Pre-trained backbones in the MLflow model registry.",
                           no_args_is_help=True)
+datasets_app = typer.Typer(help="List the datasets; register your own (add) or remove them.",
+                           invoke_without_command=True)
 app.add_typer(splits_app, name="splits")
 app.add_typer(weights_app, name="weights")
+app.add_typer(datasets_app, name="datasets")
 
 
 def friendly(func: Callable) -> Callable:
@@ -60,10 +63,13 @@ def _echo_json(obj: Any) -> None:
 # --- Data ----------------------------------------------------------------------------------
 
 
-@app.command()
+@datasets_app.callback(invoke_without_command=True)
 @friendly
-def datasets(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the catalog's datasets, whether each is prepared and how many images it holds."""
+def datasets(ctx: typer.Context,
+             as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the datasets (the catalog's, then yours), whether each is prepared and its images."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rssc_mlflow.data.prepare import status
 
     rows = status()
@@ -74,16 +80,63 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     for r in rows:
         prepared = (f"{r['images']:,}" + (" synth" if r.get("synthetic") else "")
                     if r["prepared"] else "no")
+        where = r["download_page"]
+        if r["origin"] == "user":
+            where = f"yours: {r['description'] or where}"
+        if not r["hrrs"]:
+            where += f" [medium resolution: {r['resolution']}]"
         typer.echo(f"{r['key']:<18} {r['task']:<6} {r['classes']:>7} {r['expected_images']:>9,} "
-                   f"{prepared:>9}  {r['download_page']}")
+                   f"{prepared:>9}  {where}")
+
+
+@datasets_app.command("add")
+@friendly
+def datasets_add(
+    name: Annotated[str, typer.Argument(help="Key for your dataset: lowercase letters, digits, '_'.")],
+    manual_dir: Annotated[Path, typer.Option(help="The folder holding your images (a folder per class, the class being the leaf folder, or any tree with --labels-csv).")],
+    task: Annotated[Optional[str], typer.Option(help="single (folders per class, default) or multi (needs --labels-csv).")] = None,
+    labels_csv: Annotated[Optional[Path], typer.Option(help="Multi-label CSV: a file name column, then one 0/1 column per label.")] = None,
+    description: Annotated[str, typer.Option(help="What the data are (shown by `rssc datasets`).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored spec as JSON.")] = False,
+) -> None:
+    """Register your own dataset as a key: then `rssc prepare NAME`, `rssc transfer NAME`."""
+    from rssc_mlflow.data import user_datasets
+
+    dataset = user_datasets.add(name, manual_dir, task=task, labels_csv=labels_csv,
+                                description=description)
+    if as_json:
+        _echo_json(dataset.to_json())
+        return
+    kind = ("multi-label, labels CSV" if dataset.task == "multi"
+            else "single-label, a folder per class")
+    typer.echo(f"registered {dataset.name}: {dataset.images:,} images, {len(dataset.classes)} "
+               f"classes ({kind}) from {dataset.manual_dir}")
+    for c in dataset.classes:
+        where = f"  <- {dataset.class_dirs[c]}" if dataset.class_dirs else ""
+        typer.echo(f"  {c}: {dataset.per_class[c]:,}{where}")
+    if dataset.ignored:
+        typer.echo(f"ignored {dataset.ignored} file(s) outside the class folders or not images")
+    typer.echo(f"spec {user_datasets.spec_path(dataset.name)} (digest {dataset.digest[:16]})\n"
+               f"next: rssc prepare {dataset.name}")
+
+
+@datasets_app.command("remove")
+@friendly
+def datasets_remove(name: Annotated[str, typer.Argument(help="One of your datasets.")]) -> None:
+    """Unregister one of your datasets: its spec, prepared data and splits (runs stay)."""
+    from rssc_mlflow.data import user_datasets
+
+    for path in user_datasets.remove(name):
+        typer.echo(f"removed {path}")
 
 
 @app.command()
 @friendly
 def prepare(
     key: Annotated[str, typer.Argument(help="Dataset key (see `rssc datasets`).")],
-    manual_dir: Annotated[Path, typer.Option(help="The unpacked download: the archive's top "
-                                             "folder or the folder that contains it.")],
+    manual_dir: Annotated[Optional[Path], typer.Option(
+        help="The unpacked download: the archive's top folder or the folder that contains it "
+             "(your own datasets: default, the folder they were registered from).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
     skip_corrupt: Annotated[bool, typer.Option(help="Skip unreadable images (listed).")] = False,
