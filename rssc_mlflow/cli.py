@@ -402,6 +402,37 @@ def reproduce(
 
 @app.command()
 @friendly
+def transfer(
+    target: Annotated[str, typer.Argument(help="Target dataset key: yours (`rssc datasets add`) or the catalog's.")],
+    profile: Profile = protocol.DEFAULT_PROFILE,
+    sources: Annotated[str, typer.Option(help="all (every backbone registered @PROFILE, and ImageNet-1k) or comma-separated references: imagenet, KEY, imagenet+KEY, models:/...")] = "all",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every run once per seed.")] = "42",
+    plan: Annotated[bool, typer.Option("--plan/--no-plan", help="Only print the runs, their status and GPU-hours.")] = False,
+    parallel: Annotated[int, typer.Option(help="Independent runs at once (local: subprocesses).")] = 1,
+    throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
+    log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
+    reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models.")] = False,
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+) -> None:
+    """The transfer row of TARGET: scratch fine-tuning, then probe and fine-tuning from every
+    backbone; resumable. `rssc summarize` then answers: does pre-training pay off here?"""
+    from rssc_mlflow.results.reproduce import split_list
+    from rssc_mlflow.results.transfer import transfer as run_row
+
+    report = run_row(target, profile, sources=sources,
+                     seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
+                     parallel=parallel, throughput=throughput,
+                     log_model_finetune=log_model_finetune, reuse_models=reuse_models,
+                     progress=lambda m: typer.echo(m, err=True))
+    typer.echo(report.table())
+    if as_json:
+        as_json.write_text(json.dumps(report.to_json(), indent=1, default=str))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic data, the ImageNet stand-in and the summary.")] = Path("demo_out"),
     images_per_class: Annotated[int, typer.Option(help="Synthetic images per class (MLRSNet: at least 6).")] = 10,
@@ -490,15 +521,19 @@ def server(
     os.execvp(cmd[0], cmd)
 
 
-def run_entry_point(command: str, argv: list[str]) -> None:
-    """MLproject scripts: drop parameters left at "default", then run `rssc COMMAND ...`."""
-    args: list[str] = []
-    it = iter(argv)
+def run_entry_point(command: str, argv: list[str], positional: int = 0) -> None:
+    """MLproject scripts: drop parameters left at "default", then run `rssc COMMAND ...`.
+
+    The first `positional` values of `argv` are arguments (`rssc transfer NAME`), the rest
+    `--flag value` pairs."""
+    args: list[str] = list(argv[:positional])
+    it = iter(argv[positional:])
     for flag in it:
         value = next(it, "")
         if value in ("default", ""):
             continue
-        if value in ("true", "false") and flag in ("--standardize", "--log-model"):
+        if value in ("true", "false") and flag in ("--standardize", "--log-model", "--plan",
+                                                   "--log-model-finetune"):
             args.append(flag if value == "true" else flag.replace("--", "--no-", 1))
             continue
         args += [flag, value]
