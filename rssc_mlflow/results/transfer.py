@@ -112,15 +112,30 @@ def _imagenet() -> Backbone:
 
 
 def registered_backbones(profile: str) -> list[Backbone]:
-    """Every registered rssc-resnet50-* model with a version aliased @profile."""
-    from rssc_mlflow.tracking import registry
+    """Every registered rssc-resnet50-* model with a version aliased @profile.
 
+    Aliases are read from the registered models: `search_model_versions` (what
+    `registry.list_models` uses) does not return them."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
     found: dict[str, Backbone] = {}
-    for row in registry.list_models():
-        if profile in row.get("aliases", []):
+    token = None
+    while True:
+        page = client.search_registered_models(filter_string="name LIKE 'rssc-resnet50-%'",
+                                               max_results=100, page_token=token)
+        for model in page:
+            version = (model.aliases or {}).get(profile)
+            if version is None:
+                continue
+            tags = client.get_model_version(model.name, str(version)).tags or {}
+            row = {"name": model.name, "source": tags.get("source", ""),
+                   "lineage": tags.get("lineage", "scratch")}
             ref = _reference_of(row, profile)
-            found[ref] = Backbone(ref, model_name=row["name"], trained_on=row.get("source", ""))
-    return list(found.values())
+            found[ref] = Backbone(ref, model_name=model.name, trained_on=row["source"])
+        token = page.token
+        if not token:
+            return list(found.values())
 
 
 def _paper_sources() -> list[tuple[str, str]]:
