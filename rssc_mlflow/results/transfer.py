@@ -118,6 +118,8 @@ def registered_backbones(profile: str) -> list[Backbone]:
     `registry.list_models` uses) does not return them."""
     import mlflow
 
+    from rssc_mlflow.tracking import registry
+
     client = mlflow.MlflowClient()
     found: dict[str, Backbone] = {}
     token = None
@@ -129,8 +131,8 @@ def registered_backbones(profile: str) -> list[Backbone]:
             if version is None:
                 continue
             tags = client.get_model_version(model.name, str(version)).tags or {}
-            row = {"name": model.name, "source": tags.get("source", ""),
-                   "lineage": tags.get("lineage", "scratch")}
+            row = {"name": model.name, "source": tags.get(registry.MV_SOURCE, ""),
+                   "lineage": tags.get(registry.MV_LINEAGE, "scratch")}
             ref = _reference_of(row, profile)
             found[ref] = Backbone(ref, model_name=model.name, trained_on=row["source"])
         token = page.token

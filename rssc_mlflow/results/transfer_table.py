@@ -419,8 +419,8 @@ def render_html(t: TransferTable, resamples: int) -> list[str]:
     for line in _grid(t):
         cells = ("<td class='na'>n/a</td>" if v == "n/a" else f"<td>{esc(v)}</td>" for v in line)
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out += ["</tbody></table>",
-            f"<div class='notes'><p>{esc(f'Metric: {t.metric}. ' + method_note(resamples))}</p><ul>"]
+    note = f"Metric: {t.metric}. " + method_note(resamples)
+    out += ["</tbody></table>", f"<div class='notes'><p>{esc(note)}</p><ul>"]
     out += [f"<li>{sm._html_text(n)}</li>" for n in sm._notes(t.table, code="`")]
     out.append("</ul></div>")
     return out

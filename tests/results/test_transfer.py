@@ -138,14 +138,15 @@ def _table(row) -> tt.TransferTable:
 
 def test_the_table_against_the_runs(row) -> None:
     table, client = _table(row), row["client"]
-    assert table.target == NAME and {r.source for r in table.rows} == {"scratch", "imagenet", "ucm"}
+    assert table.target == NAME
+    assert {r.source for r in table.rows} == {"scratch", "imagenet", "ucm"}
     by = {r.source: r for r in table.rows}
     for planned in row["first"]["planned"]:
         cell = by[planned["source"]].cells[planned["stage"]]
         logged = client.get_run(planned["run_id"]).data.metrics["test_accuracy"]
         assert cell.run_ids == [planned["run_id"]] and cell.mean == pytest.approx(100 * logged)
         assert cell.quick and cell.text.endswith("†")
-    ranked = sorted((c.mean, s) for s, c in ((r.source, r.cells["finetune"]) for r in table.rows))
+    ranked = sorted((r.cells["finetune"].mean, r.source) for r in table.rows)
     assert by[ranked[-1][1]].ranks["finetune"] == 1
 
     # One interval, recomputed from the two runs' prediction artifacts.
