@@ -511,7 +511,7 @@ def heatmap_title(table: TableResult, banner: bool) -> str:
     return f"SYNTHETIC DATA - {title}" if banner else title
 
 
-def render_heatmap(table: TableResult, banner: bool) -> bytes:
+def render_heatmap(table: TableResult, banner: bool, xlabel: str = "Target dataset") -> bytes:
     """Source x target heatmap PNG: values in the cells, n/a grey, missing blank with '-'.
 
     The title (with the synthetic mark when `banner`) is drawn and also stored as the PNG's
@@ -557,7 +557,7 @@ def render_heatmap(table: TableResult, banner: bool) -> bytes:
                         color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), [c.label for c in cols], rotation=35, ha="right")
     ax.set_yticks(range(len(rows)), [r.label for r in rows])
-    ax.set_xlabel("Target dataset")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Source (pre-trained model)")
     title = heatmap_title(table, banner)
     ax.set_title(title, fontsize=11, color="red" if banner else "black")
@@ -781,11 +781,14 @@ def summarize(
     write("findings.html", findings_lib.render_html(results, synthetic=synthetic, banner=BANNER,
                                                     css=_CSS, **style))
     transfer_mds: list[str] = []
+    transfer_pngs: dict[str, bytes] = {}
     for t in transfers:
         md = transfer_table.render_markdown(t, resamples)
         write(f"{t.key}.md", md)
         write(f"{t.key}.csv", transfer_table.render_csv(t))
         write(f"{t.key}.tex", transfer_table.render_latex(t, resamples))
+        transfer_pngs[t.key] = render_heatmap(t.table, t.synthetic, xlabel=f"On {t.target}")
+        write(f"{t.key}.png", transfer_pngs[t.key])
         texts.append(transfer_table.render_text(t, resamples))
         transfer_mds.append(md)
     banner_lines = [BANNER, ""] if synthetic else []
@@ -801,7 +804,8 @@ def summarize(
     write("summary.html", render_html(
         list(tables.values()), pngs, metric, synthetic, header_lines,
         findings_lib.summary_html(results, **style),
-        [(t.anchor, t.title, transfer_table.render_html(t, resamples)) for t in transfers]))
+        [(t.anchor, t.title, transfer_table.render_html(t, resamples, transfer_pngs[t.key]))
+         for t in transfers]))
     run_id = _log_summary_run(client, experiment, out, metric, synthetic, len(missing), filled,
                               {**_findings_counts(results), "transfer_targets": len(transfers)})
     return SummaryResult(out=out, run_id=run_id, console=console, tables=tables,

@@ -20,6 +20,7 @@ cells are shown, marked †, and never used for it.
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import hashlib
@@ -406,8 +407,8 @@ def render_latex(t: TransferTable, resamples: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_html(t: TransferTable, resamples: int) -> list[str]:
-    """A section of the summary page, anchored at `t.anchor`."""
+def render_html(t: TransferTable, resamples: int, png: bytes | None = None) -> list[str]:
+    """A section of the summary page, anchored at `t.anchor` (`png`: its heatmap)."""
     esc = html.escape
     out = [f"<h2 id='{esc(t.anchor)}'>{esc(t.title)}</h2>"]
     if t.synthetic:
@@ -420,7 +421,11 @@ def render_html(t: TransferTable, resamples: int) -> list[str]:
         cells = ("<td class='na'>n/a</td>" if v == "n/a" else f"<td>{esc(v)}</td>" for v in line)
         out.append("<tr>" + "".join(cells) + "</tr>")
     note = f"Metric: {t.metric}. " + method_note(resamples)
-    out += ["</tbody></table>", f"<div class='notes'><p>{esc(note)}</p><ul>"]
+    out.append("</tbody></table>")
+    if png:
+        data = base64.b64encode(png).decode("ascii")
+        out.append(f"<p><img alt='{esc(t.title)} heatmap' src='data:image/png;base64,{data}'></p>")
+    out.append(f"<div class='notes'><p>{esc(note)}</p><ul>")
     out += [f"<li>{sm._html_text(n)}</li>" for n in sm._notes(t.table, code="`")]
     out.append("</ul></div>")
     return out

@@ -61,8 +61,10 @@ def row(tmp_path_factory: pytest.TempPathFactory):
         backbone.save(root / "ucm_backbone.keras")
         _cli("weights", "import", str(root / "ucm_backbone.keras"), "--source", "ucm",
              "--profile", "smoke")
-        # NAME as a pre-training source: registered as rssc-resnet50-NAME, never in its own row.
+        # NAME as a pre-training source, from scratch and domain-adapted: registered as
+        # rssc-resnet50-NAME and rssc-resnet50-imagenet-NAME, never in NAME's own row.
         own = commands.pretrain(NAME, profile="smoke")
+        adapted = commands.adapt(NAME, profile="smoke")
         client = mlflow.MlflowClient()
         plan = _cli("transfer", NAME, "--profile", "smoke", "--plan")
         _cli("transfer", NAME, "--profile", "smoke", "--no-log-model-finetune",
@@ -70,18 +72,28 @@ def row(tmp_path_factory: pytest.TempPathFactory):
         count = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
         _cli("transfer", NAME, "--profile", "smoke", "--json", str(root / "second.json"))
         after = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+        extracted = commands.extract("imagenet", NAME, profile="smoke")  # NAME as extract target
         from rssc_mlflow.results.summarize import summarize
 
         summary = summarize(None, root / "summary")
-        yield {"root": root, "own": own, "plan": plan, "summary": summary,
+        yield {"root": root, "own": own, "adapted": adapted, "extracted": extracted,
+               "plan": plan, "summary": summary,
                "first": json.loads((root / "first.json").read_text()),
                "second": json.loads((root / "second.json").read_text()),
                "runs_before": count, "runs_after": after, "client": client,
                "spec": catalog.get_spec(NAME), "env": dict(os.environ)}
 
 
-def test_own_dataset_as_a_pretraining_source(row) -> None:
+def test_own_dataset_as_a_source_and_an_extract_target(row) -> None:
     assert row["own"].model_name == f"rssc-resnet50-{NAME}"
+    assert row["adapted"].model_name == f"rssc-resnet50-imagenet-{NAME}"
+    mv = row["client"].get_model_version_by_alias(f"rssc-resnet50-imagenet-{NAME}", "smoke")
+    assert mv.tags["lineage"] == "imagenet" and mv.tags["source"] == NAME
+    extract = row["client"].get_run(row["extracted"].run_id)
+    probe = next(p for p in row["first"]["planned"]
+                 if (p["stage"], p["source"]) == ("probe", "imagenet"))
+    assert extract.data.tags["rssc.features_from_run"] == probe["run_id"]  # the same features
+    assert extract.data.metrics["test_images"] == 12
     run = row["client"].get_run(row["own"].run_id)
     assert run.data.tags[commands.TAG_DATASET_SPEC] == row["spec"].spec_digest
     report = "".join(open(mlflow.artifacts.download_artifacts(
@@ -146,8 +158,8 @@ def test_the_table_against_the_runs(row) -> None:
         logged = client.get_run(planned["run_id"]).data.metrics["test_accuracy"]
         assert cell.run_ids == [planned["run_id"]] and cell.mean == pytest.approx(100 * logged)
         assert cell.quick and cell.text.endswith("†")
-    ranked = sorted((r.cells["finetune"].mean, r.source) for r in table.rows)
-    assert by[ranked[-1][1]].ranks["finetune"] == 1
+    ranks = sorted((r.ranks["finetune"], -r.cells["finetune"].mean) for r in table.rows)
+    assert [k for k, _ in ranks] == [1, 2, 3] and ranks == sorted(ranks, key=lambda t: t[1])
 
     # One interval, recomputed from the two runs' prediction artifacts.
     gain = by["imagenet"].gains[("finetune", "scratch")]
@@ -183,6 +195,7 @@ def test_every_format_and_the_summary_page(row) -> None:
     assert len(frame) == 6 and set(frame["source"]) == {"scratch", "imagenet", "ucm"}
     for name in (f"transfer_{NAME}.md", f"transfer_{NAME}.tex"):
         assert (out / name).stat().st_size > 0
+    assert (out / f"transfer_{NAME}.png").read_bytes()[:4] == b"\x89PNG"
     page = (out / "summary.html").read_text(encoding="utf-8")
     assert f"<a href='#transfer-{NAME}'>Transfer to {NAME}</a>" in page
     assert f"<h2 id='transfer-{NAME}'>" in page
