@@ -331,3 +331,21 @@ def test_cli_refusals_exit_1(data_env: Path, tree: Path) -> None:
     assert result.exit_code == 1 and "No dataset of yours is named 'nobody'" in result.stderr
     result = runner.invoke(app, ["prepare", "ucm"])
     assert result.exit_code == 1 and "--manual-dir is required for 'ucm'" in result.stderr
+
+
+def test_a_dataset_registered_again_is_prepared_again(data_env: Path, tmp_path: Path) -> None:
+    from rssc_mlflow.data.prepare import load_prepared, prepare
+
+    for name in ("A b", "C d"):
+        write_image(tmp_path / "t" / name / "1.png")
+    ud.add("again", tmp_path / "t")
+    first = prepare("again", None)
+    ud.spec_path("again").unlink()  # registered again without `remove`: the data stayed
+    write_image(tmp_path / "t" / "C d" / "2.png", seed=1)
+    ud.add("again", tmp_path / "t")
+    with pytest.raises(DatasetError, match=r"was registered again since it was prepared: run "
+                                           r"`rssc prepare again --force`"):
+        load_prepared("again")
+    second = prepare("again", None)  # not taken as already prepared
+    assert not second.already_prepared and (first.images, second.images) == (2, 3)
+    assert load_prepared("again").metadata["spec_digest"] == catalog.get_spec("again").spec_digest
