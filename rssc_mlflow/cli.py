@@ -30,8 +30,11 @@ splits_app = typer.Typer(help="Stratified splits and the authors' split files.",
                          no_args_is_help=True)
 weights_app = typer.Typer(help="Pre-trained backbones in the MLflow model registry.",
                           no_args_is_help=True)
+datasets_app = typer.Typer(help="List the datasets; register your own (add) or remove them.",
+                           invoke_without_command=True)
 app.add_typer(splits_app, name="splits")
 app.add_typer(weights_app, name="weights")
+app.add_typer(datasets_app, name="datasets")
 
 
 def friendly(func: Callable) -> Callable:
@@ -68,10 +71,13 @@ def _echo_json(obj: Any) -> None:
 # --- Data ----------------------------------------------------------------------------------
 
 
-@app.command()
+@datasets_app.callback(invoke_without_command=True)
 @friendly
-def datasets(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the catalog's datasets, whether each is prepared and how many images it holds."""
+def datasets(ctx: typer.Context,
+             as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the datasets (the catalog's, then yours), whether each is prepared and its images."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rssc_mlflow.data.prepare import status
 
     rows = status()
@@ -82,16 +88,63 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     for r in rows:
         prepared = (f"{r['images']:,}" + (" synth" if r.get("synthetic") else "")
                     if r["prepared"] else "no")
+        where = r["download_page"]
+        if r["origin"] == "user":
+            where = f"yours: {r['description'] or where}"
+        if not r["hrrs"]:
+            where += f" [medium resolution: {r['resolution']}]"
         typer.echo(f"{r['key']:<18} {r['task']:<6} {r['classes']:>7} {r['expected_images']:>9,} "
-                   f"{prepared:>9}  {r['download_page']}")
+                   f"{prepared:>9}  {where}")
+
+
+@datasets_app.command("add")
+@friendly
+def datasets_add(
+    name: Annotated[str, typer.Argument(help="Key for your dataset: lowercase letters, digits, '_'.")],
+    manual_dir: Annotated[Path, typer.Option(help="The folder holding your images (a folder per class, the class being the leaf folder, or any tree with --labels-csv).")],
+    task: Annotated[Optional[str], typer.Option(help="single (folders per class, default) or multi (needs --labels-csv).")] = None,
+    labels_csv: Annotated[Optional[Path], typer.Option(help="Multi-label CSV: a file name column, then one 0/1 column per label.")] = None,
+    description: Annotated[str, typer.Option(help="What the data are (shown by `rssc datasets`).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored spec as JSON.")] = False,
+) -> None:
+    """Register your own dataset as a key: then `rssc prepare NAME`, `rssc transfer NAME`."""
+    from rssc_mlflow.data import user_datasets
+
+    dataset = user_datasets.add(name, manual_dir, task=task, labels_csv=labels_csv,
+                                description=description)
+    if as_json:
+        _echo_json(dataset.to_json())
+        return
+    kind = ("multi-label, labels CSV" if dataset.task == "multi"
+            else "single-label, a folder per class")
+    typer.echo(f"registered {dataset.name}: {dataset.images:,} images, {len(dataset.classes)} "
+               f"classes ({kind}) from {dataset.manual_dir}")
+    for c in dataset.classes:
+        where = f"  <- {dataset.class_dirs[c]}" if dataset.class_dirs else ""
+        typer.echo(f"  {c}: {dataset.per_class[c]:,}{where}")
+    if dataset.ignored:
+        typer.echo(f"ignored {dataset.ignored} file(s) outside the class folders or not images")
+    typer.echo(f"spec {user_datasets.spec_path(dataset.name)} (digest {dataset.digest[:16]})\n"
+               f"next: rssc prepare {dataset.name}")
+
+
+@datasets_app.command("remove")
+@friendly
+def datasets_remove(name: Annotated[str, typer.Argument(help="One of your datasets.")]) -> None:
+    """Unregister one of your datasets: its spec, prepared data and splits (runs stay)."""
+    from rssc_mlflow.data import user_datasets
+
+    for path in user_datasets.remove(name):
+        typer.echo(f"removed {path}")
 
 
 @app.command()
 @friendly
 def prepare(
     key: Annotated[str, typer.Argument(help="Dataset key (see `rssc datasets`).")],
-    manual_dir: Annotated[Path, typer.Option(help="The unpacked download: the archive's top "
-                                             "folder or the folder that contains it.")],
+    manual_dir: Annotated[Optional[Path], typer.Option(
+        help="The unpacked download: the archive's top folder or the folder that contains it "
+             "(your own datasets: default, the folder they were registered from).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
     skip_corrupt: Annotated[bool, typer.Option(help="Skip unreadable images (listed).")] = False,
@@ -362,6 +415,37 @@ def reproduce(
 
 @app.command()
 @friendly
+def transfer(
+    target: Annotated[str, typer.Argument(help="Target dataset key: yours (`rssc datasets add`) or the catalog's.")],
+    profile: Profile = protocol.DEFAULT_PROFILE,
+    sources: Annotated[str, typer.Option(help="all (every backbone registered @PROFILE, and ImageNet-1k) or comma-separated references: imagenet, KEY, imagenet+KEY, models:/...")] = "all",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every run once per seed.")] = "42",
+    plan: Annotated[bool, typer.Option("--plan/--no-plan", help="Only print the runs, their status and GPU-hours.")] = False,
+    parallel: Annotated[int, typer.Option(help="Independent runs at once (local: subprocesses).")] = 1,
+    throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
+    log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
+    reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models.")] = False,
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+) -> None:
+    """The transfer row of TARGET: scratch fine-tuning, then probe and fine-tuning from every
+    backbone; resumable. `rssc summarize` then answers: does pre-training pay off here?"""
+    from rssc_mlflow.results.reproduce import split_list
+    from rssc_mlflow.results.transfer import transfer as run_row
+
+    report = run_row(target, profile, sources=sources,
+                     seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
+                     parallel=parallel, throughput=throughput,
+                     log_model_finetune=log_model_finetune, reuse_models=reuse_models,
+                     progress=lambda m: typer.echo(m, err=True))
+    typer.echo(report.table())
+    if as_json:
+        as_json.write_text(json.dumps(report.to_json(), indent=1, default=str))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic data, the ImageNet stand-in and the summary.")] = Path("demo_out"),
     images_per_class: Annotated[int, typer.Option(help="Synthetic images per class (MLRSNet: at least 6).")] = 12,
@@ -451,17 +535,18 @@ def server(
 
 
 # Options that are flags on the command line and "true"/"false" as MLproject parameters.
-_FLAGS = ("--standardize", "--log-model", "--allow-any-version")
+_FLAGS = ("--standardize", "--log-model", "--allow-any-version", "--plan", "--log-model-finetune")
 
 
-def run_entry_point(command: str, argv: list[str]) -> None:
+def run_entry_point(command: str, argv: list[str], positional: int = 0) -> None:
     """MLproject scripts: `--name value` pairs -> `rssc COMMAND ...`.
 
-    MLflow appends undeclared parameters as `--batch_size 8`: underscores become dashes. A
-    value "default" (or empty) is dropped, so the command uses its default.
+    The first `positional` values of `argv` are arguments (`rssc transfer NAME`). MLflow
+    appends undeclared parameters as `--batch_size 8`: underscores become dashes. A value
+    "default" (or empty) is dropped, so the command uses its default.
     """
-    args: list[str] = []
-    it = iter(argv)
+    args: list[str] = list(argv[:positional])
+    it = iter(argv[positional:])
     for flag in it:
         value = next(it, "")
         flag = "--" + flag.removeprefix("--").replace("_", "-")

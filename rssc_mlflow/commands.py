@@ -37,6 +37,8 @@ from rssc_mlflow.training import model_pool, progress, transfer
 from rssc_mlflow.training.schedule import peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
+# The spec digest of a user's dataset (`rssc datasets add`) a run trained or evaluated on.
+TAG_DATASET_SPEC = "rssc.dataset_spec_digest"
 BN_MOMENTUM_KERAS = 0.99  # keras.layers.BatchNormalization's default, used by the paper profile
 FEATURE_ORDER = "pipeline-order"
 
@@ -155,6 +157,8 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
             tags["rssc.lineage.note"] = source.note
         # Which ImageNet weights the lineage started from (path, sha256, Keras's or not).
         tags.update({f"rssc.lineage.{k}": v for k, v in source.imagenet_weights.items()})
+    if data.spec.origin == "user":
+        tags[TAG_DATASET_SPEC] = data.spec.spec_digest
     mlflow.set_tags(tags)
     for part, files in (("train", data.split.train), ("test", data.split.test)):
         runs.log_dataset_input(f"{data.spec.key}-{data.split.role}-{part}", data.prepared.path,
@@ -291,11 +295,19 @@ def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[floa
     return peak, min(settings.epochs, get_profile(settings.profile).warmup_epochs)
 
 
+def _user_spec_digest(settings: RunSettings) -> str:
+    """The spec digest of the user's dataset a run reads ("" for a catalog dataset)."""
+    key = settings.source if settings.stage in ("pretrain", "adapt") else settings.target
+    spec = get_spec(key)
+    return spec.spec_digest if spec.origin == "user" else ""
+
+
 def _fingerprint(settings: RunSettings, source: registry.ResolvedSource, synthetic: bool) -> str:
     peak_lr, warmup = _rates(settings, source)
     return protocol_fingerprint(settings, preprocessing=source.preprocessing, peak_lr=peak_lr,
                                 synthetic=synthetic, warmup_epochs=warmup,
-                                upstream=source.fingerprint)
+                                upstream=source.fingerprint,
+                                dataset_spec=_user_spec_digest(settings))
 
 
 def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any) -> str:

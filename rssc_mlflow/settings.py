@@ -147,11 +147,14 @@ def resolve_settings(
 
 
 def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: float,
-                         synthetic: bool, warmup_epochs: int, upstream: str = "") -> str:
+                         synthetic: bool, warmup_epochs: int, upstream: str = "",
+                         dataset_spec: str = "") -> str:
     """A short hash of everything that makes two results comparable.
 
     `upstream` is the fingerprint of the pre-trained model a transfer run starts from, so a
     fine-tune of a `demo` backbone never shares a cell with one of a `paper` backbone.
+    `dataset_spec` is the spec digest of a user's dataset (`rssc datasets add`): a dataset
+    registered again under the same name with other images or classes is another cell.
     Seeds, precision, strategy and where the run happened are left out on purpose: runs that
     differ only in those are repetitions of the same cell.
     """
@@ -177,5 +180,7 @@ def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: 
     bn_momentum = protocol.get_profile(settings.profile).bn_momentum
     if bn_momentum is not None and settings.stage in ("pretrain", "adapt", "finetune"):
         comparable["bn_momentum"] = bn_momentum  # absent for Keras's default: old keys hold
+    if dataset_spec:
+        comparable["dataset_spec"] = dataset_spec  # absent for catalog datasets: keys hold
     blob = json.dumps(comparable, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -16,6 +16,7 @@ COMMANDS = [
     [], ["datasets"], ["prepare"], ["synth"], ["splits"], ["splits", "make"],
     ["splits", "import"], ["pretrain"], ["adapt"], ["extract"], ["probe"], ["finetune"],
     ["weights"], ["weights", "list"], ["weights", "download"], ["weights", "import"], ["server"], ["summarize"], ["reproduce"],
+    ["datasets", "add"], ["datasets", "remove"], ["transfer"],
 ]
 
 

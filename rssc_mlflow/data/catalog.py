@@ -1,7 +1,10 @@
-"""The dataset catalog: one `DatasetSpec` per key of PROTOCOL.md, and nothing else.
+"""The dataset catalog: one `DatasetSpec` per key of PROTOCOL.md, more public scene datasets
+(WHU-RS19, RSSCN7, EuroSAT), and the lookup that also finds a user's own datasets.
 
 Class names are in a fixed order (the order of the label indices). Layouts describe the folder
 tree that unpacking the official download gives; `prepare` checks a manual dir against them.
+`get_spec` is the one lookup: a catalog key, else a dataset registered with `rssc datasets add`
+(`rssc_mlflow.data.user_datasets`, specs stored under $RSSC_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Literal
 from rssc_mlflow.errors import DatasetError
 
 Task = Literal["single", "multi"]
-Layout = Literal["folder_per_class", "two_level", "mlrsnet", "imagenet"]
+Layout = Literal["folder_per_class", "two_level", "mlrsnet", "imagenet", "user_folders",
+                 "user_csv"]
+Origin = Literal["catalog", "user"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,14 @@ class DatasetSpec:
     categories: tuple[str, ...] | None = None
     fraction: float = 1.0
     notes: str = ""
+    # Ground sampling distance and image size as published; `hrrs` is False for medium
+    # resolution (EuroSAT: 10 m), which the paper's question (HRRS pre-training) does not cover.
+    resolution: str = ""
+    hrrs: bool = True
+    # "user": registered with `rssc datasets add`; its spec file's digest is recorded on runs.
+    origin: Origin = "catalog"
+    spec_digest: str = ""
+    description: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +81,8 @@ class DatasetSpec:
                 f"{self.title}: an ImageNet-1k train folder, <wnid>/<wnid>_N.JPEG, holding (at "
                 "least) the 100 wnids of the ImageNet-100 list"
             )
+        if self.layout in ("user_folders", "user_csv"):
+            return f"{self.title}: {self.file_pattern}"
         return f"{self.title}: {top}/<class>/{self.file_pattern}"
 
 
@@ -200,6 +215,25 @@ AID_CLASS_COUNTS: dict[str, int] = {
     "Square": 330, "Stadium": 290, "StorageTanks": 360, "Viaduct": 420,
 }  # fmt: skip
 UCM_CLASSES: tuple[str, ...] = tuple(UCM_TO_MLRSNET)
+# WHU-RS19 (Xia et al. 2010; 600x600 px, up to 0.5 m): the class folders of WHU-RS19.zip, as
+# AiTLAS lists them (two are camelCase). 1,005 images, about 50 per class; the download page
+# gives no per-class counts, so none are checked.
+WHU_RS19_CLASSES: tuple[str, ...] = (
+    "Airport", "Beach", "Bridge", "Commercial", "Desert", "Farmland", "footballField", "Forest",
+    "Industrial", "Meadow", "Mountain", "Park", "Parking", "Pond", "Port", "railwayStation",
+    "Residential", "River", "Viaduct",
+)  # fmt: skip
+# RSSCN7 (Zou et al. 2015; 400x400 px): 7 folders of 400 images, each name prefixed by a letter
+# that is also the prefix of its files (aGrass/a001.jpg), as in the GitHub release.
+RSSCN7_CLASSES: tuple[str, ...] = ("aGrass", "bField", "cIndustry", "dRiverLake", "eForest",
+                                   "fResident", "gParking")
+# EuroSAT RGB (Helber et al. 2019; Sentinel-2, 10 m, 64x64 px): TFDS's `eurosat/rgb` builder and
+# TorchGeo's class order and counts; EuroSAT.zip unpacks to 2750/<Class>/<Class>_N.jpg.
+EUROSAT_CLASS_COUNTS: dict[str, int] = {
+    "AnnualCrop": 3000, "Forest": 3000, "HerbaceousVegetation": 3000, "Highway": 2500,
+    "Industrial": 2500, "Pasture": 2000, "PermanentCrop": 2500, "Residential": 3000,
+    "River": 2500, "SeaLake": 3000,
+}  # fmt: skip
 
 
 def imagenet100_wnids() -> tuple[str, ...]:
@@ -274,6 +308,35 @@ def _build_catalog() -> dict[str, DatasetSpec]:
             download_page="https://image-net.org/download-images.php (ILSVRC2012 train)",
             notes="100 classes of ImageNet-1k (CMC list); the paper reports 131,689 images",
         ),
+        # --- Not in the paper: more public scene datasets, as targets of `rssc transfer`. ---
+        DatasetSpec(
+            key="whu_rs19", title="WHU-RS19", classes=WHU_RS19_CLASSES, task="single",
+            expected_images=1_005, layout="folder_per_class", archive_root="WHU-RS19",
+            images_dir="", file_pattern="<class>_NN.jpg",
+            download_page="https://captain-whu.github.io/BED4RS/ (WHU-RS19.zip)",
+            notes="about 50 images per class (no per-class counts published); copies spell the "
+                  "file names differently (airport_01.jpg, beach-01.jpg), which prepare ignores",
+            resolution="up to 0.5 m, 600x600 px (Google Earth)",
+        ),
+        DatasetSpec(
+            key="rsscn7", title="RSSCN7", classes=RSSCN7_CLASSES, task="single",
+            expected_images=2_800, layout="folder_per_class", archive_root="RSSCN7-master",
+            images_dir="", file_pattern="<letter>NNN.jpg",
+            download_page="https://github.com/palewithout/RSSCN7 (Code > Download ZIP)",
+            expected_per_class={c: 400 for c in RSSCN7_CLASSES},
+            notes="class folders carry a letter prefix (aGrass ... gParking), kept as the names",
+            resolution="400x400 px (Google Earth), four scales",
+        ),
+        DatasetSpec(
+            key="eurosat", title="EuroSAT (RGB)", classes=tuple(EUROSAT_CLASS_COUNTS),
+            task="single", expected_images=27_000, layout="folder_per_class",
+            archive_root="2750", images_dir="", file_pattern="<class>_N.jpg",
+            download_page="https://github.com/phelber/EuroSAT (EuroSAT.zip, RGB)",
+            expected_per_class=EUROSAT_CLASS_COUNTS,
+            notes="MEDIUM resolution (Sentinel-2, 10 m), not HRRS; newer copies unpack to "
+                  "EuroSAT_RGB/ instead of 2750/, both are found",
+            resolution="10 m (Sentinel-2), 64x64 px", hrrs=False,
+        ),
     ]
     return {s.key: s for s in specs}
 
@@ -282,14 +345,32 @@ CATALOG: dict[str, DatasetSpec] = _build_catalog()
 SOURCE_KEYS = ("imagenet100", "mlrsnet_ml", "mlrsnet_sl", "resisc45", "aid", "patternnet",
                "rsicb256")
 TARGET_KEYS = ("mlrsnet_ml", "mlrsnet_sl", "resisc45", "aid", "patternnet", "rsicb256", "ucm")
+# Catalog keys outside the paper: never in its tables or in `reproduce`'s grid.
+EXTRA_KEYS = ("whu_rs19", "rsscn7", "eurosat")
 
 
 def get_spec(key: str) -> DatasetSpec:
-    """The spec for `key`, or a DatasetError that lists the keys there are."""
-    try:
-        return CATALOG[key]
-    except KeyError:
-        raise DatasetError(
-            f"Unknown dataset {key!r}. Known datasets: {', '.join(CATALOG)}. "
-            "Run `rssc datasets` to list them."
-        ) from None
+    """The spec for `key`: a catalog key, else a user dataset, else a DatasetError that lists
+    the keys there are."""
+    spec = CATALOG.get(key)
+    if spec is not None:
+        return spec
+    from rssc_mlflow.data import user_datasets  # it imports this module
+
+    spec = user_datasets.find_spec(key)
+    if spec is not None:
+        return spec
+    users = user_datasets.names()
+    mine = f" Your datasets: {', '.join(users)}." if users else ""
+    raise DatasetError(
+        f"Unknown dataset {key!r}. Known datasets: {', '.join(CATALOG)}.{mine} Run `rssc "
+        "datasets` to list them, or `rssc datasets add NAME --manual-dir DIR` to register your "
+        "own."
+    )
+
+
+def all_specs() -> dict[str, DatasetSpec]:
+    """Every dataset there is: the catalog's, then the user's (`rssc datasets add`)."""
+    from rssc_mlflow.data import user_datasets
+
+    return {**CATALOG, **{s.key: s for s in user_datasets.specs() if s.key not in CATALOG}}

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from rssc_mlflow import __version__, config
 from rssc_mlflow.data.builders import VERSION, builder_class, stored_key, tfds_name
-from rssc_mlflow.data.catalog import CATALOG, MLRSNET_CATEGORIES, DatasetSpec, get_spec
+from rssc_mlflow.data.catalog import MLRSNET_CATEGORIES, DatasetSpec, all_specs, get_spec
 from rssc_mlflow.data.manifest import FileEntry, Manifest, hash_files, read_manifest, write_manifest
 from rssc_mlflow.errors import DatasetError
 
@@ -101,6 +101,9 @@ def _spec(key: str) -> DatasetSpec:
 
 
 def _not_prepared(spec: DatasetSpec) -> DatasetError:
+    if spec.origin == "user":
+        return DatasetError(f"dataset '{spec.key}' (yours) is not prepared: run `rssc prepare "
+                            f"{spec.key}` (it reads the folder it was registered from).")
     return DatasetError(
         f"dataset '{spec.key}' is not prepared: run `rssc prepare {spec.key} --manual-dir DIR` "
         f"(download: {spec.download_page}), DIR being the unpacked download."
@@ -110,8 +113,9 @@ def _not_prepared(spec: DatasetSpec) -> DatasetError:
 # --- Views ----------------------------------------------------------------------------------------
 def _view(spec: DatasetSpec, stored: list[list[Any]]) -> list[Record]:
     """The records of `spec` from the stored rows [filename, label, multi-hot string|None]."""
-    if not spec.is_mlrsnet:
-        return [Record(f, int(label)) for f, label, _ in stored]
+    if not spec.is_mlrsnet:  # multi-hot bits: a user's multi-label dataset
+        return [Record(f, int(label), tuple(int(b) for b in bits) if bits else None)
+                for f, label, bits in stored]
     from rssc_mlflow.data.builders.mlrsnet import half_selection  # imports TFDS only when needed
 
     def category(row: list[Any]) -> str:
@@ -212,20 +216,32 @@ class PreparedDataset:
                       deterministic=True).filter(lambda ex: ex["label"] >= 0)
 
 
+def _registered_again(spec: DatasetSpec, folder: Path) -> bool:
+    """A user's dataset prepared under an earlier registration of the same name."""
+    if spec.origin != "user":
+        return False
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    return meta.get("spec_digest") != spec.spec_digest
+
+
 def load_prepared(key: str) -> PreparedDataset:
     """The prepared dataset of `key`; DatasetError when it is missing or incomplete."""
     spec = _spec(key)
     folder = prepared_dir(key)
     if not _is_complete(folder):
         raise _not_prepared(spec)
+    if _registered_again(spec, folder):
+        raise DatasetError(f"Your dataset '{key}' was registered again since it was prepared: "
+                           f"run `rssc prepare {key} --force`.")
     return PreparedDataset(spec, folder, json.loads((folder / METADATA_FILE).read_text()))
 
 
 def status() -> list[dict[str, Any]]:
-    """One row per catalog key, for `rssc datasets`; reads only small JSON files."""
+    """One row per dataset key (the catalog's, then yours), for `rssc datasets`; reads only
+    small JSON files."""
     meta: dict[str, dict[str, Any] | None] = {}
     rows = []
-    for key, spec in CATALOG.items():
+    for key, spec in all_specs().items():
         stored = stored_key(key)
         if stored not in meta:
             folder = prepared_dir(key)
@@ -237,7 +253,9 @@ def status() -> list[dict[str, Any]]:
             "expected_images": spec.expected_images, "prepared": m is not None,
             "images": _view_count(spec, m["per_class"]) if m else None,
             "synthetic": bool(m["synthetic"]) if m else None,
-            "download_page": spec.download_page,
+            "download_page": spec.download_page, "origin": spec.origin,
+            "resolution": spec.resolution, "hrrs": spec.hrrs,
+            "description": spec.description, "spec_digest": spec.spec_digest,
         })
     return rows
 
@@ -247,12 +265,14 @@ def _count_note(spec: DatasetSpec, per_class: dict[str, int], images: int, synth
                 skipped: int) -> str:
     note = f"found {images:,} images"
     if images == spec.expected_images:
-        note += ", as the catalog expects"
+        note += ", as when registered" if spec.origin == "user" else ", as the catalog expects"
+    elif spec.origin == "user":
+        note += f", {spec.expected_images:,} when registered: the folder changed since; kept"
     else:
         why = ("a synthetic stand-in" if synthetic
                else spec.notes or "this copy differs from the catalog's")
         note += f", the catalog expects {spec.expected_images:,}: {why}; kept"
-    if spec.expected_per_class and not synthetic:
+    if spec.expected_per_class and (not synthetic or spec.origin == "user"):
         off = [f"{c} {per_class.get(c, 0)} (expected {n})"
                for c, n in spec.expected_per_class.items() if per_class.get(c, 0) != n]
         if off:
@@ -336,9 +356,10 @@ def _swap(built: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
+def prepare(key: str, manual_dir: Path | str | None, *, force: bool = False,
             skip_corrupt: bool = False, progress: Progress | None = None) -> PrepareReport:
-    """Prepare `key` from the unpacked official download in `manual_dir` (see module doc).
+    """Prepare `key` from the unpacked official download in `manual_dir` (see module doc); a
+    user's dataset (`rssc datasets add`) defaults to the folder it was registered from.
 
     A no-op (`already_prepared=True`) when a complete version exists, unless `force`. Raises
     DatasetError for a wrong layout, missing or unknown classes, unmatched MLRSNet labels and
@@ -348,10 +369,17 @@ def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
     spec = _spec(key)
     say = progress or (lambda _msg: None)
     final = prepared_dir(key)
-    if not force and _is_complete(final):
+    if not force and _is_complete(final) and not _registered_again(spec, final):
         say(f"{spec.key}: already prepared in {final}")
         return _report(spec, load_prepared(key), already=True)
     memory_mb = config.prepare_memory_mb()  # a bad setting fails before any work
+    if manual_dir is None:
+        if spec.origin != "user":
+            raise DatasetError(f"--manual-dir is required for '{spec.key}': the unpacked "
+                               f"download of {spec.title} ({spec.download_page}).")
+        from rssc_mlflow.data import user_datasets
+
+        manual_dir = user_datasets.load(key).manual_dir  # type: ignore[union-attr]
     manual = Path(manual_dir).expanduser()
     if not manual.is_dir():
         raise DatasetError(f"--manual-dir '{manual}' is not a folder. Download {spec.title} from "
@@ -405,6 +433,8 @@ def prepare(key: str, manual_dir: Path | str, *, force: bool = False,
             "anomalies": plan.anomalies, "manifest_digest": manifest.digest,
             "manifest_files": len(manifest.files),
         }
+        if spec.origin == "user":
+            metadata["spec_digest"] = spec.spec_digest
         _write_json(built / METADATA_FILE, metadata)
         say(f"{spec.key}: recording digests of the prepared files")
         _write_json(built / FILES_FILE, prepared_files_manifest(built).to_json())

@@ -1,4 +1,5 @@
-"""Synthetic stand-ins of the eight datasets, written in the layout of the official downloads.
+"""Synthetic stand-ins of the catalog's datasets, written in the layout of the official downloads,
+and of a user's own dataset in a layout of its own (`write_custom_tree`).
 
 Why: the real archives are tens of GB behind manual downloads, yet every code path (prepare,
 splits, training, transfer, MLflow logging) must run in tests and on a laptop. So `write_synthetic`
@@ -36,7 +37,11 @@ from rssc_mlflow.data import catalog
 SYNTHETIC_MARKER = "RSSC_SYNTHETIC.json"
 GENERATOR = "rssc_mlflow.data.synth"
 LABELS_SAMPLE = "mlrsnet_labels_sample.csv.gz"  # in rssc_mlflow.resources
-TREES = ("mlrsnet", "resisc45", "patternnet", "rsicb256", "aid", "ucm", "imagenet100")
+TREES = ("mlrsnet", "resisc45", "patternnet", "rsicb256", "aid", "ucm", "imagenet100",
+         "whu_rs19", "rsscn7", "eurosat")
+# Image side of the real data where it is not 256 px: synthetic images keep the ratio to
+# `image_size` (AID at 64 -> 150 px), never below 16 px.
+NATIVE_SIDE = {"aid": 600, "whu_rs19": 600, "rsscn7": 400, "eurosat": 64}
 # A real ImageNet-1k train folder holds 1000 wnids; these three are not in the ImageNet-100 list,
 # so a prepare step must pick the listed ones instead of taking every folder.
 IMAGENET_EXTRA_WNIDS = ("n01440764", "n01443537", "n15075141")
@@ -431,7 +436,10 @@ def _plan(tree: str, n: int) -> tuple[str, list[_ClassDir]]:
     name = {"resisc45": lambda c, i: f"{c}_{i:03d}.jpg",  # airplane_001.jpg
             "patternnet": lambda c, i: f"{c}{i:03d}.jpg",  # airplane001.jpg
             "aid": lambda c, i: f"{c.lower()}_{i}.jpg",  # Airport/airport_1.jpg
-            "ucm": lambda c, i: f"{c}{i - 1:02d}.tif"}[tree]  # airplane00.tif
+            "ucm": lambda c, i: f"{c}{i - 1:02d}.tif",  # airplane00.tif
+            "whu_rs19": lambda c, i: f"{c.lower()}_{i:02d}.jpg",  # Airport/airport_01.jpg
+            "rsscn7": lambda c, i: f"{c[0]}{i:03d}.jpg",  # aGrass/a001.jpg
+            "eurosat": lambda c, i: f"{c}_{i}.jpg"}[tree]  # AnnualCrop/AnnualCrop_1.jpg
     return spec.archive_root, [_ClassDir(c, top / c, tuple(name(c, i) for i in r))
                                for c in spec.classes]
 
@@ -473,7 +481,7 @@ def _write_tree(out: Path, tree: str, n: int, size: int, seed: int, quirks: bool
     top, class_dirs = _plan(tree, n)
     tiff = tree in ("ucm", "rsicb256")
     quirk_modes = list((_QUIRKS_TIFF if tiff else _QUIRKS_JPEG).items()) if quirks else []
-    side = int(size * 600 / 256 + 0.5) if tree == "aid" else size
+    side = max(16, int(size * NATIVE_SIDE[tree] / 256 + 0.5)) if tree in NATIVE_SIDE else size
     odd_sizes = {4: (side, side - 9), 5: (side - 3, side)} if quirks and tree == "ucm" else {}
     record: list[dict[str, str]] = []
     for ci, cd in enumerate(class_dirs):
@@ -533,6 +541,50 @@ def write_synthetic(out: Path, keys: Sequence[str] | None = None, images_per_cla
                               mlrsnet_labels_dirname)
                for t in dict.fromkeys(trees.values())}
     return {k: written[t] for k, t in trees.items()}
+
+
+def write_custom_tree(out: Path, class_folders: Sequence[str], images_per_class: int = 10,
+                      image_size: int = 64, seed: int = 0, quirks: bool = True) -> Path:
+    """A stand-in for a user's own data: `out/<folder>/<leaf>_NNN.<ext>` for each relative
+    folder of `class_folders` (any depth; the leaf folder's name picks the look), marked
+    synthetic. With `quirks`, the first image of the first classes is stored as a PNG behind
+    a .jpg name, a grey, a CMYK and a palette image, and the second class holds TIFFs of
+    another size; junk files sit beside them. Returns `out`, the folder to register."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / SYNTHETIC_MARKER).is_file():
+        raise FileExistsError(f"{out} exists and was not written by {GENERATOR}; refusing to "
+                              "mix synthetic images into it")
+    if images_per_class < 1 or image_size < 16:
+        raise ValueError("images_per_class must be >= 1 and image_size >= 16")
+    shutil.rmtree(out, ignore_errors=True)
+    modes = list(_QUIRKS_JPEG.values()) if quirks else []
+    record: list[dict[str, str]] = []
+    for ci, folder in enumerate(class_folders):
+        rel = Path(folder)
+        leaf = rel.name
+        tiff = quirks and ci == 1
+        (out / rel).mkdir(parents=True, exist_ok=True)
+        for ii in range(images_per_class):
+            side = image_size - 5 if tiff else image_size
+            rng = np.random.default_rng([seed, _hash("custom"), _hash(leaf), ii])
+            mode = modes[ci] if ci < len(modes) and ii == 0 else "RGB"
+            name = f"{leaf}_{ii + 1:03d}{'.tif' if tiff else '.jpg'}"
+            _save(render(look_of(leaf), rng, side, side), out / rel / name, mode)
+            if mode != "RGB" or tiff:
+                record.append({"kind": f"{mode} {'tiff' if tiff else 'jpg'}",
+                               "path": (rel / name).as_posix()})
+    if quirks and class_folders:
+        first = Path(class_folders[0])
+        for rel, data in {first / ".DS_Store": _DS_STORE, first / "._x.jpg": _APPLE_DOUBLE,
+                          Path("__MACOSX") / first / "._x.jpg": _APPLE_DOUBLE}.items():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(data)
+            record.append({"kind": "junk", "path": rel.as_posix()})
+    marker = {"synthetic": True, "generator": GENERATOR, "seed": seed,
+              "images_per_class": images_per_class, "image_size": image_size,
+              "tree": "custom", "quirks": record}
+    (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1, ensure_ascii=False) + "\n")
+    return out
 
 
 if __name__ == "__main__":  # python -m rssc_mlflow.data.synth OUT [images_per_class] [size]

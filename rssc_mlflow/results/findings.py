@@ -491,27 +491,46 @@ def _check_logged(pred: Predictions, rec: RunRecord, metric: str) -> str:
     return ""
 
 
-def evaluate_comparison(finding: str, comp: Comparison, tables: Mapping[str, TableResult],
-                        load: Loader, *, table_metric: str, resamples: int = DEFAULT_RESAMPLES,
-                        seed: int = BOOTSTRAP_SEED) -> ComparisonResult:
-    ca: CellResult = tables[comp.a.layout].cell(comp.a.row, comp.a.col)
-    cb: CellResult = tables[comp.b.layout].cell(comp.b.row, comp.b.col)
-    result = ComparisonResult(finding, comp, MISSING, run_ids_a=list(ca.run_ids),
-                              run_ids_b=list(cb.run_ids),
-                              paper_difference=_paper_difference(tables, comp),
-                              synthetic=ca.synthetic or cb.synthetic)
+@dataclasses.dataclass
+class Outcome:
+    """A - B of two cells as `compare_cells` finds it: a verdict or why there is none."""
+
+    status: str
+    difference: float | None = None  # A - B, points
+    low: float | None = None
+    high: float | None = None
+    metric: str = ""
+    pairs: int = 0
+    images: int = 0
+    run_ids_a: list[str] = dataclasses.field(default_factory=list)
+    run_ids_b: list[str] = dataclasses.field(default_factory=list)
+    note: str = ""
+    synthetic: bool = False
+    quick: bool = False  # a quick profile's cell, compared only because `allow_quick`
+
+
+def compare_cells(ca: CellResult, cb: CellResult, load: Loader, *, claim: Claim,
+                  table_metric: str, resamples: int, seed: int | Sequence[int],
+                  labels: tuple[str, str] = ("A", "B"), allow_quick: bool = False) -> Outcome:
+    """A - B of two filled cells with its paired bootstrap interval and verdict (module doc).
+
+    `labels` name the cells in notes. `allow_quick` compares quick-profile cells too (for
+    display; the outcome is marked `quick`) instead of leaving them untested.
+    """
+    result = Outcome(MISSING, run_ids_a=list(ca.run_ids), run_ids_b=list(cb.run_ids),
+                     synthetic=ca.synthetic or cb.synthetic)
     if ca.mean is None or cb.mean is None:
         result.note = "no finished run in " + " and ".join(
-            c.label for c, cell in ((comp.a, ca), (comp.b, cb)) if cell.mean is None)
+            label for label, cell in zip(labels, (ca, cb)) if cell.mean is None)
         return result
     result.difference = ca.mean - cb.mean  # until the bootstrap replaces it
     multilabel = bool(ca.spec and ca.spec.multilabel)
     metric = resampled_metric(multilabel, table_metric)
     result.metric = metric
-    if ca.quick or cb.quick:
-        result.status = QUICK
-        result.note = "filled by a quick profile (" + ", ".join(
-            sorted({p for c in (ca, cb) if c.quick for p in c.profiles})) + "), never counted"
+    quick = "filled by a quick profile (" + ", ".join(
+        sorted({p for c in (ca, cb) if c.quick for p in c.profiles})) + ")"
+    if (ca.quick or cb.quick) and not allow_quick:
+        result.status, result.note = QUICK, f"{quick}, never counted"
         return result
     if ca.synthetic != cb.synthetic:
         result.status, result.note = MIXED, "one cell is real data, the other synthetic"
@@ -539,18 +558,20 @@ def evaluate_comparison(finding: str, comp: Comparison, tables: Mapping[str, Tab
         result.note = f"no per-image predictions in run(s) {', '.join(absent)}"
         return result
     try:
-        interval = paired_bootstrap(pairs, metric, resamples=resamples,
-                                    seed=comparison_seed(seed, comp))
+        interval = paired_bootstrap(pairs, metric, resamples=resamples, seed=seed)
     except PairingError as exc:
         result.status, result.note = NOT_PAIRED, str(exc)
         return result
-    result.status = verdict(interval.low, interval.high, comp.claim)
+    result.status = verdict(interval.low, interval.high, claim)
     result.difference, result.low, result.high = (interval.difference, interval.low,
                                                   interval.high)
     result.pairs, result.images = interval.pairs, interval.images
     result.run_ids_a = [seeds_a[s].run_id for s in common]
     result.run_ids_b = [seeds_b[s].run_id for s in common]
     notes = []
+    if ca.quick or cb.quick:
+        result.quick = True
+        notes.append(f"{quick}: shown, never counted")
     if multilabel and metric != table_metric:
         notes.append(f"interval on f1_micro: {table_metric} is not resampled")
     unpaired = (len(ca.records) - len(common)) + (len(cb.records) - len(common))
@@ -558,6 +579,19 @@ def evaluate_comparison(finding: str, comp: Comparison, tables: Mapping[str, Tab
         notes.append(f"{unpaired} run(s) without a partner of the same seed left out")
     result.note = "; ".join(notes)
     return result
+
+
+def evaluate_comparison(finding: str, comp: Comparison, tables: Mapping[str, TableResult],
+                        load: Loader, *, table_metric: str, resamples: int = DEFAULT_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> ComparisonResult:
+    ca: CellResult = tables[comp.a.layout].cell(comp.a.row, comp.a.col)
+    cb: CellResult = tables[comp.b.layout].cell(comp.b.row, comp.b.col)
+    o = compare_cells(ca, cb, load, claim=comp.claim, table_metric=table_metric,
+                      resamples=resamples, seed=comparison_seed(seed, comp),
+                      labels=(comp.a.label, comp.b.label))
+    return ComparisonResult(finding, comp, o.status, o.difference, o.low, o.high, o.metric,
+                            o.pairs, o.images, o.run_ids_a, o.run_ids_b,
+                            _paper_difference(tables, comp), o.note, o.synthetic)
 
 
 def caching(load: Loader) -> Loader:

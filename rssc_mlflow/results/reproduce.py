@@ -214,21 +214,30 @@ def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None 
             for stage, source, target in bases:
                 if (stage in UPSTREAM_STAGES) != (level == 0):
                     continue
-                key = target or source
-                role = "source" if stage in UPSTREAM_STAGES else "target"
-                train, test, exact = _split_sizes(key, role, sizes)
-                epochs = resolve_settings(stage, source=source, target=target,
-                                          profile=profile).epochs
-                validated = protocol.get_profile(profile).validate_every_epoch
-                steps = (train + test if stage == "probe"
-                         else (train + (test if validated else 0)) * epochs + test)
                 up = upstream_of(source) if level == 1 else None
-                out.append(PlannedRun(
-                    stage, source, target, seed, level, cells[(stage, source, target)],
-                    [(*up, s) for s in seeds] if up else [], train, test, epochs, steps,
-                    steps / throughput / 3600, exact,
-                    stage == "adapt" or source == "imagenet"))
+                out.append(planned_run(
+                    stage, source, target, seed, level=level,
+                    cells=cells[(stage, source, target)],
+                    depends_on=[(*up, s) for s in seeds] if up else [], profile=profile,
+                    throughput=throughput, sizes=sizes))
     return out
+
+
+def planned_run(stage: str, source: str, target: str, seed: int, *, level: int,
+                cells: list[str], depends_on: list[RunKey], profile: str, throughput: float,
+                sizes: dict[str, tuple[dict[str, int], bool]]) -> PlannedRun:
+    """One run of a plan with its image-steps and GPU-hours (see `plan`); `sizes` caches the
+    datasets' class counts across calls."""
+    key = target or source
+    role = "source" if stage in UPSTREAM_STAGES else "target"
+    train, test, exact = _split_sizes(key, role, sizes)
+    epochs = resolve_settings(stage, source=source, target=target, profile=profile).epochs
+    validated = protocol.get_profile(profile).validate_every_epoch
+    steps = (train + test if stage == "probe"
+             else (train + (test if validated else 0)) * epochs + test)
+    return PlannedRun(stage, source, target, seed, level, cells, depends_on, train, test,
+                      epochs, steps, steps / throughput / 3600, exact,
+                      stage == "adapt" or source == "imagenet")
 
 
 # --- The report ----------------------------------------------------------------------------------
@@ -801,13 +810,26 @@ def reproduce(
     planned = plan(profile, only=only, seeds=seeds, throughput=throughput, targets=targets)
     report = ReproduceReport(profile, backend, list(dict.fromkeys(int(s) for s in seeds)),
                              throughput, plan_only, planned)
+    return run_planned(report, backend_config=backend_config, parallel=parallel,
+                       log_model_finetune=log_model_finetune, reuse_models=reuse_models,
+                       progress=progress)
+
+
+def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
+                parallel: int = 1, log_model_finetune: bool = True, reuse_models: bool = False,
+                progress: Progress = print, command: str = "reproduce") -> ReproduceReport:
+    """Run `report.planned` (in its order, by waves) on `report.backend` as `reproduce` does:
+    what is done is skipped, an interrupted training run continues, a failed run blocks its
+    dependents. With `report.plan_only`, only the status of each run is filled in."""
+    profile, backend, plan_only = report.profile, report.backend, report.plan_only
+    planned = report.planned
     problems = _missing_prerequisites(planned)
     runner: _Local | _Workers | _Kubernetes | None = None
     if plan_only:
         report.warnings += problems
     else:
         if problems:
-            raise RsscError("reproduce cannot start: " + " ".join(problems) + " Nothing was run.")
+            raise RsscError(f"{command} cannot start: " + " ".join(problems) + " Nothing was run.")
         if backend == "kubernetes":
             _check_project_for_kubernetes()
             runner = _Kubernetes(profile, parallel, log_model_finetune,

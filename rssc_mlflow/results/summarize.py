@@ -17,6 +17,10 @@ Which runs a cell shows (documented, because a cell must never mix incomparable 
 Values are percentages with two decimals; multi-label datasets use `test_<multilabel_metric>`,
 single-label ones `test_accuracy`.
 
+For every target of probe/finetune runs that is not one of the paper's (`rssc transfer NAME`),
+a "Transfer to NAME" table (`results.transfer_table`) ranks the pre-training sources and answers
+whether pre-training pays off there, in every format; the summary page links to each.
+
 The Findings section (`results.findings`) re-checks the paper's claims on the cells shown,
 with paired bootstrap intervals from the runs' per-image predictions. Every CSV is plain (one
 header line, then rows): where the data are synthetic, a `synthetic` column says so, and the
@@ -230,6 +234,8 @@ class SummaryResult:
     files: list[Path]
     multilabel_metric: str
     findings: list[findings_lib.FindingResult] = dataclasses.field(default_factory=list)
+    # "Transfer to NAME" tables (results.transfer_table), one per target outside the paper.
+    transfers: list = dataclasses.field(default_factory=list)
 
 
 # --- Reading the store ---------------------------------------------------------------------------
@@ -533,7 +539,7 @@ def heatmap_title(table: TableResult, banner: bool) -> str:
     return f"SYNTHETIC DATA - {title}" if banner else title
 
 
-def render_heatmap(table: TableResult, banner: bool) -> bytes:
+def render_heatmap(table: TableResult, banner: bool, xlabel: str = "Target dataset") -> bytes:
     """Source x target heatmap PNG: values in the cells, n/a grey, missing blank with '-'.
 
     The title (with the synthetic mark when `banner`) is drawn and also stored as the PNG's
@@ -579,7 +585,7 @@ def render_heatmap(table: TableResult, banner: bool) -> bytes:
                         color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), [c.label for c in cols], rotation=35, ha="right")
     ax.set_yticks(range(len(rows)), [r.label for r in rows])
-    ax.set_xlabel("Target dataset")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Source (pre-trained model)")
     title = heatmap_title(table, banner)
     ax.set_title(title, fontsize=11, color="red" if banner else "black")
@@ -613,7 +619,10 @@ def _html_text(text: str) -> str:
 
 def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: str,
                 banner: bool, header_lines: Sequence[str],
-                findings_part: Sequence[str] = ()) -> str:
+                findings_part: Sequence[str] = (),
+                transfer_parts: Sequence[tuple[str, str, Sequence[str]]] = ()) -> str:
+    """The summary page; `transfer_parts`: (anchor, title, html lines) of each "Transfer to
+    NAME" section, linked from the top of the page."""
     esc = html.escape
     out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
            "<title>rssc summary</title>", f"<style>{_CSS}</style></head><body>"]
@@ -624,6 +633,10 @@ def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: s
     if findings_part:
         out.append("<p><a href='#findings'>Findings</a> (the paper's claims re-checked; every "
                    "comparison: <a href='findings.html'>findings.html</a>)</p>")
+    if transfer_parts:
+        out.append("<p>Does pre-training pay off on your data? " + ", ".join(
+            f"<a href='#{esc(anchor)}'>{esc(title)}</a>" for anchor, title, _ in transfer_parts)
+            + "</p>")
     for table in tables:
         layout = table.layout
         header, rows = grid(table)
@@ -648,6 +661,8 @@ def render_html(tables: Sequence[TableResult], pngs: dict[str, bytes], metric: s
         out.append(f"<div class='notes'><p>{esc(_metric_note(metric))}</p><ul>")
         out += [f"<li>{_html_text(n)}</li>" for n in _notes(table, code="`")]
         out.append("</ul></div>")
+    for _, _, part in transfer_parts:
+        out += part
     if findings_part:
         if banner:
             out.append(f"<div class='banner'>{esc(BANNER)} "
@@ -737,10 +752,14 @@ def summarize(
     index = _index(records)
     tables = {layout.key: build_table(layout, index, metric) for layout in LAYOUTS}
     tagged = {r.run_id: r.artifact_uri for r in records if r.has_predictions}
-    results = findings_lib.evaluate(
-        tables, lambda run_id: (predictions_lib.load_predictions(
-            run_id, client, artifact_uri=tagged[run_id]) if run_id in tagged else None),
-        table_metric=metric, resamples=resamples, seed=bootstrap_seed)
+    load = findings_lib.caching(lambda run_id: (predictions_lib.load_predictions(
+        run_id, client, artifact_uri=tagged[run_id]) if run_id in tagged else None))
+    results = findings_lib.evaluate(tables, load, table_metric=metric, resamples=resamples,
+                                    seed=bootstrap_seed)
+    from rssc_mlflow.results import transfer_table  # it imports this module
+
+    transfers = transfer_table.build_all(records, load, multilabel_metric=metric,
+                                         resamples=resamples, seed=bootstrap_seed)
 
     # Synthetic if any run that lands in some cell used synthetic data, shown or not.
     used = {(s.stage, s.source, s.target) for layout in LAYOUTS
@@ -789,6 +808,17 @@ def summarize(
     write("findings.csv", findings_lib.render_csv(results))
     write("findings.html", findings_lib.render_html(results, synthetic=synthetic, banner=BANNER,
                                                     css=_CSS, **style))
+    transfer_mds: list[str] = []
+    transfer_pngs: dict[str, bytes] = {}
+    for t in transfers:
+        md = transfer_table.render_markdown(t, resamples)
+        write(f"{t.key}.md", md)
+        write(f"{t.key}.csv", transfer_table.render_csv(t))
+        write(f"{t.key}.tex", transfer_table.render_latex(t, resamples))
+        transfer_pngs[t.key] = render_heatmap(t.table, t.synthetic, xlabel=f"On {t.target}")
+        write(f"{t.key}.png", transfer_pngs[t.key])
+        texts.append(transfer_table.render_text(t, resamples))
+        transfer_mds.append(md)
     banner_lines = [BANNER, ""] if synthetic else []
     console = "\n\n".join(["\n".join([*banner_lines, *header_lines]), *texts])
     if missing:
@@ -797,12 +827,15 @@ def summarize(
                                                  **style)
     top = [f"> **{BANNER}**", ""] if synthetic else []
     write("summary.md", "\n".join([*top, "# rssc summary", "", *header_lines, "", *markdowns,
-                                   findings_md]))
+                                   *transfer_mds, findings_md]))
     write("summary.txt", console + "\n")
-    write("summary.html", render_html(list(tables.values()), pngs, metric, synthetic,
-                                      header_lines, findings_lib.summary_html(results, **style)))
+    write("summary.html", render_html(
+        list(tables.values()), pngs, metric, synthetic, header_lines,
+        findings_lib.summary_html(results, **style),
+        [(t.anchor, t.title, transfer_table.render_html(t, resamples, transfer_pngs[t.key]))
+         for t in transfers]))
     run_id = _log_summary_run(client, experiment, out, metric, synthetic, len(missing), filled,
-                              _findings_counts(results))
+                              {**_findings_counts(results), "transfer_targets": len(transfers)})
     return SummaryResult(out=out, run_id=run_id, console=console, tables=tables,
                          missing=missing, synthetic=synthetic, files=files,
-                         multilabel_metric=metric, findings=results)
+                         multilabel_metric=metric, findings=results, transfers=transfers)

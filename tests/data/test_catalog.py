@@ -30,7 +30,21 @@ def _rows_per_category(label_dir: Path) -> dict[str, int]:
 def test_every_protocol_key_is_in_the_catalog():
     expected = {"mlrsnet_sl", "mlrsnet_ml", "resisc45", "patternnet", "rsicb256", "aid", "ucm",
                 "imagenet100", "mlrsnet_ucm_same", "mlrsnet_ucm_other", "mlrsnet_half"}
-    assert set(catalog.CATALOG) == expected
+    assert set(catalog.CATALOG) == expected | set(catalog.EXTRA_KEYS)
+
+
+def test_datasets_outside_the_paper_stay_out_of_its_tables():
+    from rssc_mlflow.results import paper, reproduce
+
+    assert set(catalog.EXTRA_KEYS) == {"whu_rs19", "rsscn7", "eurosat"}
+    used = {k for lay in paper.LAYOUTS for c in lay.cells.values() if c for k in
+            (c.source, c.target)}
+    assert not used & set(catalog.EXTRA_KEYS)
+    assert not {k for r in reproduce.plan("paper") for k in (r.source, r.target)} & set(
+        catalog.EXTRA_KEYS)
+    eurosat = catalog.get_spec("eurosat")
+    assert not eurosat.hrrs and "10 m" in eurosat.resolution and "64x64" in eurosat.resolution
+    assert all(catalog.get_spec(k).hrrs for k in catalog.CATALOG if k != "eurosat")
 
 
 @pytest.mark.parametrize("key,classes,images,task", [
@@ -38,6 +52,8 @@ def test_every_protocol_key_is_in_the_catalog():
     ("resisc45", 45, 31_500, "single"), ("patternnet", 38, 30_400, "single"),
     ("rsicb256", 35, 24_747, "single"), ("aid", 30, 10_000, "single"),
     ("ucm", 21, 2_100, "single"), ("imagenet100", 100, 131_689, "single"),
+    ("whu_rs19", 19, 1_005, "single"), ("rsscn7", 7, 2_800, "single"),
+    ("eurosat", 10, 27_000, "single"),
 ])
 def test_table_one_facts(key, classes, images, task):
     spec = catalog.get_spec(key)
@@ -99,6 +115,16 @@ def test_imagenet100_list_is_shipped_and_matches_shared_copy():
     shared = REAL_LABELS.parents[1] / "imagenet100" / "imagenet100.txt"
     if shared.exists():
         assert wnids == tuple(shared.read_text().split())
+
+
+def test_layouts_of_the_datasets_outside_the_paper():
+    rsscn7 = catalog.get_spec("rsscn7")
+    assert [c[0] for c in rsscn7.classes] == list("abcdefg")  # aGrass ... gParking
+    assert "RSSCN7-master/<class>/<letter>NNN.jpg" in rsscn7.expected_layout()
+    assert "2750/<class>/<class>_N.jpg" in catalog.get_spec("eurosat").expected_layout()
+    assert {"footballField", "railwayStation"} <= set(catalog.get_spec("whu_rs19").classes)
+    for key in catalog.EXTRA_KEYS:
+        assert catalog.get_spec(key).download_page.startswith("https://")
 
 
 def test_expected_layout_describes_the_tree():

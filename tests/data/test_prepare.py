@@ -18,11 +18,13 @@ from tests.data.conftest import IMAGES_PER_CLASS, copy_tree, truncate, write_ima
 
 N = IMAGES_PER_CLASS
 ALL_KEYS = ("mlrsnet_sl", "mlrsnet_ml", "resisc45", "patternnet", "rsicb256", "aid", "ucm",
-            "imagenet100", "mlrsnet_ucm_same", "mlrsnet_ucm_other", "mlrsnet_half")
+            "imagenet100", "mlrsnet_ucm_same", "mlrsnet_ucm_other", "mlrsnet_half",
+            "whu_rs19", "rsscn7", "eurosat")
 EXPECTED_IMAGES = {
     "mlrsnet_sl": 46 * N, "mlrsnet_ml": 46 * N, "resisc45": 45 * N, "patternnet": 38 * N,
     "rsicb256": 35 * N, "aid": 30 * N, "ucm": 21 * N, "imagenet100": 100 * N,
     "mlrsnet_ucm_same": 21 * N, "mlrsnet_ucm_other": 25 * N, "mlrsnet_half": 46 * (N // 2),
+    "whu_rs19": 19 * N, "rsscn7": 7 * N, "eurosat": 10 * N,
 }
 
 

@@ -64,6 +64,9 @@ NAMES = {
     "rsicb256": (lambda c: rf"{re.escape(c)}\(\d+\)\.tif", "tiff"),
     "mlrsnet_sl": (lambda c: rf"{re.escape(c)}_\d{{5}}\.jpg", "jpeg"),
     "imagenet100": (lambda c: rf"{c}_\d+\.JPEG", "jpeg"),
+    "whu_rs19": (lambda c: rf"{c.lower()}_\d{{2}}\.jpg", "jpeg"),
+    "rsscn7": (lambda c: rf"{c[0]}\d{{3}}\.jpg", "jpeg"),
+    "eurosat": (lambda c: rf"{re.escape(c)}_\d+\.jpg", "jpeg"),
 }
 
 
@@ -109,12 +112,18 @@ def test_image_sizes(trees: dict[str, Path]) -> None:
                         for p in _images(_class_dir("ucm", trees["ucm"], c)))
     assert ucm_sizes[(SIZE, SIZE)] > 0 and len(ucm_sizes) > 1  # a few non-square, like 247 px
     assert (SIZE - 9, SIZE) in ucm_sizes
+    # The other datasets' native sides, scaled like AID's: 600 px, 400 px and EuroSAT's 64 px.
+    for key, cls, side in (("whu_rs19", "Beach", 150), ("rsscn7", "eForest", 100),
+                           ("eurosat", "Forest", 16)):
+        files = _images(_class_dir(key, trees[key], cls))
+        assert {Image.open(p).size for p in files} == {(side, side)}, key
 
 
 def test_markers(trees: dict[str, Path]) -> None:
     tops = {"mlrsnet": "MLRSNet", "resisc45": "NWPU-RESISC45", "patternnet": "PatternNet",
             "rsicb256": "RSI-CB256", "aid": "AID", "ucm": "UCMerced_LandUse",
-            "imagenet100": "train"}
+            "imagenet100": "train", "whu_rs19": "WHU-RS19", "rsscn7": "RSSCN7-master",
+            "eurosat": "2750"}
     for root in set(trees.values()):
         for folder in (root, root / tops[root.name]):
             marker = json.loads((folder / synth.SYNTHETIC_MARKER).read_text())
@@ -248,7 +257,8 @@ def test_rewrite_replaces_a_synthetic_tree_but_refuses_real_data(tmp_path: Path)
 
 # --- Learnable and transferable -----------------------------------------------------------
 def test_concepts_are_distinct_within_each_dataset() -> None:
-    for key in ("mlrsnet_sl", "resisc45", "patternnet", "rsicb256", "aid", "ucm"):
+    for key in ("mlrsnet_sl", "resisc45", "patternnet", "rsicb256", "aid", "ucm", "whu_rs19",
+                "rsscn7", "eurosat"):
         looks = [synth.concept_of(c) or f"own:{c}" for c in catalog.get_spec(key).classes]
         assert len(set(looks)) == len(looks), key
     same = [("forest", "Forest", "forest"), ("storage_tank", "StorageTanks", "storagetanks"),

@@ -70,11 +70,13 @@ class RsscBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         spec = self.spec()
+        origin = "your own data" if spec.origin == "user" else "the official download"
+        page = spec.download_page.split(" ")[0]
         return self.dataset_info_from_configs(
-            description=f"{spec.title}, prepared by rssc_mlflow from the official download.",
+            description=f"{spec.title}, prepared by rssc_mlflow from {origin}.",
             features=tfds.features.FeaturesDict(self._features()),
             supervised_keys=("image", "label"),
-            homepage=spec.download_page.split(" ")[0],
+            homepage=page if page.startswith("http") else "",
         )
 
     def _example(self, item: Item, encoded: bytes) -> dict[str, Any]:

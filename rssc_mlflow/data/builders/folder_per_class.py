@@ -1,4 +1,5 @@
-"""Builders for the one-class-per-folder datasets: RESISC45, PatternNet, AID, UCM, and RSI-CB256.
+"""Builders for the one-class-per-folder datasets: RESISC45, PatternNet, AID, UCM, RSI-CB256, and
+the catalog's datasets outside the paper: WHU-RS19, RSSCN7 and EuroSAT (RGB).
 
 `filename` is relative to the folder that holds the class folders, e.g.
 "agricultural/agricultural00.tif" for UCM (UCMerced_LandUse/Images/...), and for RSI-CB256
@@ -88,6 +89,20 @@ class RsscAid(_FolderBuilder):
 
 class RsscUcm(_FolderBuilder):
     KEY = "ucm"
+
+
+class RsscWhuRs19(_FolderBuilder):
+    KEY = "whu_rs19"
+
+
+class RsscRsscn7(_FolderBuilder):
+    KEY = "rsscn7"
+
+
+class RsscEurosat(_FolderBuilder):
+    """EuroSAT RGB (prefix avoids TFDS's own `eurosat` builder name)."""
+
+    KEY = "eurosat"
 
 
 class RsscRsicb256(RsscBuilder):
