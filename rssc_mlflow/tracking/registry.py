@@ -309,7 +309,7 @@ def resolve_source(reference: str, *, profile: str, preprocessing: str | None = 
                               uri=ref, note="no registry tags: preprocessing defaults to 'unit'",
                               download_uri=ref)
     init, _, key = ref.partition("+") if "+" in ref else ("scratch", "", ref)
-    if key in CATALOG and init in ("scratch", "imagenet"):
+    if init in ("scratch", "imagenet") and _is_dataset_key(key):
         name = registered_name(key, init)
         mv, note = find_version(name, profile, creating=creating_command(key, init, profile),
                                 allow_any_version=allow_any_version)
@@ -451,11 +451,30 @@ def register(model, *, card: ModelCard, source_key: str, init: str, profile: str
     return name, version
 
 
+def _is_dataset_key(key: str) -> bool:
+    """A catalog key or a user dataset's (`rssc datasets add`)."""
+    from rssc_mlflow.data.catalog import get_spec
+
+    try:
+        get_spec(key)
+    except Exception:  # noqa: BLE001 - DatasetError/ValueError: not a key
+        return False
+    return True
+
+
 def list_models() -> list[dict]:
-    """Every rssc-resnet50-* registered version with its aliases and tags (`rssc weights list`)."""
+    """Every rssc-resnet50-* registered version with its aliases and tags (`rssc weights list`).
+
+    Aliases come from the registered models: `search_model_versions` leaves them out."""
+    client = _client()
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for model in client.search_registered_models("name LIKE 'rssc-resnet50-%'"):
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault((model.name, str(version)), []).append(alias)
     rows = []
-    for mv in _client().search_model_versions("name LIKE 'rssc-resnet50-%'"):
-        rows.append({"name": mv.name, "version": str(mv.version), "aliases": list(mv.aliases),
+    for mv in client.search_model_versions("name LIKE 'rssc-resnet50-%'"):
+        rows.append({"name": mv.name, "version": str(mv.version),
+                     "aliases": sorted(aliases.get((mv.name, str(mv.version)), [])),
                      "run_id": mv.run_id, **(mv.tags or {})})
     return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from rssc_mlflow.cli import app
 from rssc_mlflow.data import catalog, user_datasets as ud
 from rssc_mlflow.data.synth import write_custom_tree
-from rssc_mlflow.errors import DatasetError
+from rssc_mlflow.errors import DatasetError, RsscError
+from rssc_mlflow.tracking import registry
 from tests.data.conftest import write_image
 
 runner = CliRunner()
@@ -51,6 +52,9 @@ def test_add_a_tree_of_ones_own(data_env: Path, tree: Path) -> None:
     assert (spec.origin, spec.spec_digest, spec.classes) == ("user", dataset.digest, CLASSES)
     assert spec.expected_images == 20 and spec.title == "Tiles of my region"
     assert "my_tiles" in catalog.all_specs() and "my_tiles" not in catalog.CATALOG
+    # As a source it names its registered backbone, like a catalog key (none registered yet).
+    with pytest.raises(RsscError, match=r"rssc pretrain --source my_tiles --profile smoke"):
+        registry.resolve_source("my_tiles", profile="smoke")
 
 
 def test_digest_names_the_data_not_its_place(data_env: Path, tree: Path, tmp_path: Path) -> None:
