@@ -58,8 +58,11 @@ def test_the_mlproject_entry_point_runs_the_cli(isolated_environment, capsys) ->
     spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["transfer"]
     values = {k: (v["default"] if isinstance(v, dict) else None)
               for k, v in spec["parameters"].items()}
-    values.update(target="rsscn7", plan="true", profile="smoke", seeds="42,43")
-    argv = shlex.split(spec["command"].format(**values))
+    given = dict(target="rsscn7", plan="true", profile="smoke", seeds="42,43")
+    values.update({k: v for k, v in given.items() if k in values})
+    # MLflow appends the parameters an entry point does not declare as `--key value`.
+    extras = [f"--{k} {v}" for k, v in given.items() if k not in values]
+    argv = shlex.split(" ".join([spec["command"].format(**values), *extras]))
     assert argv[:2] == ["python", "entry_points/transfer.py"]
     with pytest.raises(SystemExit) as done:
         run_entry_point("transfer", argv[2:], positional=1)

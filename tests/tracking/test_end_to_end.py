@@ -114,16 +114,16 @@ def test_profiles_never_mix_silently(pretrained, store, capsys):
 
     capsys.readouterr()
     result = commands.finetune("resisc45", "ucm", profile="demo", allow_any_version=True,
-                               log_model=False)
+                               epochs=1, log_model=False)
     out = capsys.readouterr().out
     note = ("no version of 'rssc-resnet50-resisc45' has alias @demo; --allow-any-version: "
             "using the newest, version 1 (@smoke)")
     assert "[rssc] source: rssc-resnet50-resisc45 version 1 (@smoke), preprocessing unit\n" in out
     assert f"[rssc] note: {note}\n" in out
-    # UCM, 3 images per class, 20% for training: 21 images; demo: 1 epoch, batches of 16.
-    assert ("[rssc] 21 image-steps (1 epoch x 21 images at 32 px, 2 steps of 16 per epoch)\n"
+    # UCM, 3 images per class, 20% for training: 21 images; demo: batches of 8; 1 epoch asked.
+    assert ("[rssc] 21 image-steps (1 epoch x 21 images at 32 px, 3 steps of 8 per epoch)\n"
             in out)
-    assert "s per step of" not in out  # 2 steps in all: nothing left to estimate
+    assert "s per step of" not in out  # 3 steps in all: nothing left to estimate
     assert "WARNING: profile paper" not in out  # only the paper profile warns without a GPU
     run = store.get_run(result.run_id)
     assert run.data.tags["rssc.lineage.note"] == note
