@@ -27,6 +27,7 @@ the synthetic trees, prepared datasets and the stand-in are reused when they mat
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -71,10 +72,13 @@ class DemoResult:
     report: object  # results.reproduce.ReproduceReport
     summary: object | None  # results.summarize.SummaryResult
     phases: dict[str, float]  # seconds per phase, in order
+    checks: list = dataclasses.field(default_factory=list)  # results.demo_checks.Check
 
     @property
     def ok(self) -> bool:
-        return bool(self.report.ok) and self.summary is not None
+        """All runs finished, summarised, and the demo showed what it must (`demo_checks`)."""
+        return (bool(self.report.ok) and self.summary is not None
+                and all(c.ok for c in self.checks))
 
     @property
     def figures(self) -> list[Path]:
@@ -249,6 +253,33 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
     return path
 
 
+def _standin_accuracy(weights: Path) -> float | None:
+    info = weights.with_name(weights.name.removesuffix(".h5") + ".json")
+    try:
+        return float(json.loads(info.read_text())["test_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _checks(weights: Path, csv_path: Path) -> list:
+    """The demo's checks on the runs of its profile in the store; written as a CSV too."""
+    from mlflow import MlflowClient
+
+    from rssc_mlflow.results import demo_checks, summarize
+    from rssc_mlflow.tracking import runs
+
+    client = MlflowClient()
+    records = summarize.fetch_runs(client, summarize._experiment_ids(client,
+                                                                      runs.experiment_name()))
+    checks = demo_checks.demo_checks(records, _standin_accuracy(weights), profile=DEMO_PROFILE)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["check", "measured", "required", "ok"])
+        writer.writerows([c.what, c.measured, c.required, c.ok] for c in checks)
+    return checks
+
+
 # --- The demo --------------------------------------------------------------------------------
 
 
@@ -308,6 +339,7 @@ def run_demo(out: Path = Path("demo_out"), images_per_class: int = DEFAULT_IMAGE
         _prepare(manual, rewritten, progress)
         done()
 
+        from rssc_mlflow.results.demo_checks import render as render_checks
         from rssc_mlflow.results.reproduce import reproduce
         from rssc_mlflow.results.summarize import summarize
         from rssc_mlflow.tracking import runs
@@ -334,9 +366,11 @@ def run_demo(out: Path = Path("demo_out"), images_per_class: int = DEFAULT_IMAGE
             summary = summarize(runs.experiment_name(), out / "summary")
         finally:
             done()
-    result = DemoResult(out, tracking_uri, data_dir, weights, report, summary, phases)
+        checks = _checks(weights, out / "summary" / "demo_checks.csv")
+    result = DemoResult(out, tracking_uri, data_dir, weights, report, summary, phases, checks)
     if summary is not None:
         progress("\n" + summary.console)
+    progress("\n" + render_checks(checks))
     progress("\nTime per phase: " + ", ".join(f"{k.split(' (')[0]} {_minutes(v)}"
                                               for k, v in phases.items())
              + f"; total {_minutes(time.monotonic() - started)}")

@@ -69,7 +69,11 @@ def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
     result = demo.run_demo(out, images_per_class=3, image_size=37, progress=lines.append,
                            workers=2)
 
-    assert result.ok
+    # The fakes trained nothing, so every demo check is missing and the demo is not ok.
+    assert result.report.ok and result.summary is not None and not result.ok
+    assert result.checks and all(c.measured is None for c in result.checks)
+    assert (out / "summary" / "demo_checks.csv").read_text().splitlines()[1] == (
+        "ImageNet stand-in: held-out accuracy,,0.5,False")
     assert calls["reproduce"] == ("demo", False, True, 2)  # pooled worker processes
     assert calls["pool"] and calls["standin_pool"]
     assert calls["env"] == {"RSSC_DATA_DIR": str(out.resolve() / "data"),
@@ -101,6 +105,7 @@ def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
     text = "\n".join(lines)
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in text
     assert str(result.html) in text and "Time per phase" in text
+    assert "1 of 1 checks FAILED: the demo does not show what it must" in text
     assert (Path.cwd() / "mlflow.db").is_file()  # MLflow's default store in the current dir
 
 
