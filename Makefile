@@ -24,7 +24,7 @@ demo: $(STAMP)
 # Two workers, one test file each at a time (module fixtures are built once): the slow tests
 # mostly wait on subprocesses and servers, so the suite takes ~18 min here instead of ~30.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -rs --durations=20 $(PYTEST_ARGS)
 
 server: $(STAMP)
 	$(BIN)/rssc server

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from rssc_mlflow.data import catalog
 from rssc_mlflow.errors import RsscError
+from tests.data.real_labels import real_labels_dir
 
-REAL_LABELS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mlrsnet" / "labels"
+REAL_LABELS = real_labels_dir()
 
 
 def _real_label_dir() -> Path:
@@ -109,12 +112,15 @@ def test_rsicb_top_folders_hold_every_class_once():
     assert sorted(leaves) == sorted(catalog.RSICB256_CLASSES)
 
 
-def test_imagenet100_list_is_shipped_and_matches_shared_copy():
+# sha256 of the ImageNet-100 list (the CMC paper's 100 wnids) as the project received it.
+IMAGENET100_LIST_SHA256 = "79f3f1552ccc478ce24bd934b4573625db584ddc1f4643ae23c994a94cb11397"
+
+
+def test_imagenet100_list_is_shipped_unchanged():
     wnids = catalog.imagenet100_wnids()
     assert len(wnids) == 100 and all(w.startswith("n") and len(w) == 9 for w in wnids)
-    shared = REAL_LABELS.parents[1] / "imagenet100" / "imagenet100.txt"
-    if shared.exists():
-        assert wnids == tuple(shared.read_text().split())
+    shipped = resources.files("rssc_mlflow.resources").joinpath("imagenet100.txt").read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == IMAGENET100_LIST_SHA256
 
 
 def test_layouts_of_the_datasets_outside_the_paper():

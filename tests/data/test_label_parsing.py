@@ -32,8 +32,9 @@ from rssc_mlflow.data.catalog import (
 )
 from rssc_mlflow.data.prepare import _view
 from rssc_mlflow.errors import DatasetError
+from tests.data.real_labels import real_labels_dir
 
-REAL_LABELS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mlrsnet" / "labels"
+REAL_LABELS = real_labels_dir()
 N = len(MLRSNET_LABELS)
 PROPS = settings(max_examples=40, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])

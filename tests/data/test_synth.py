@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from rssc_mlflow.data import catalog, synth
+from tests.data.real_labels import real_labels_dir
 
-REAL_LABELS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mlrsnet" / "labels"
+REAL_LABELS = real_labels_dir()
 N, SIZE = 10, 64
 JPEG, PNG, TIFF = b"\xff\xd8\xff", b"\x89PNG", (b"II*\x00", b"MM\x00*")
 
