@@ -247,7 +247,7 @@ def splits_import(
 
 # --- Training and transfer ------------------------------------------------------------------
 
-Profile = Annotated[str, typer.Option(help="paper (PROTOCOL.md), demo (CPU) or smoke (tests).")]
+Profile = Annotated[str, typer.Option(help="paper (docs/PROTOCOL.md), demo (CPU) or smoke (tests).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Epochs (default: the profile's).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size (default: the profile's).")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Crop side, divisible by 32 (paper: 256).")]

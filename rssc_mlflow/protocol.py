@@ -1,4 +1,4 @@
-"""The paper's protocol in one file: check it against ../shared/PROTOCOL.md line by line.
+"""The paper's protocol in one file: check it against docs/PROTOCOL.md line by line.
 
 Everything that makes two results comparable lives here (and nowhere else), so that the
 protocol fingerprint of a run can be computed from a `Profile` and the data it used.

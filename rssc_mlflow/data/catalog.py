@@ -1,4 +1,4 @@
-"""The dataset catalog: one `DatasetSpec` per key of PROTOCOL.md, more public scene datasets
+"""The dataset catalog: one `DatasetSpec` per key of docs/PROTOCOL.md, more public scene datasets
 (WHU-RS19, RSSCN7, EuroSAT), and the lookup that also finds a user's own datasets.
 
 Class names are in a fixed order (the order of the label indices). Layouts describe the folder

@@ -1,6 +1,6 @@
 """tf.data input pipelines: decode and resize once, then crop/flip/rotate and preprocess per epoch.
 
-PROTOCOL.md, "Training augmentation" and "Evaluation": resize to resize_for_crop(crop)
+docs/PROTOCOL.md, "Training augmentation" and "Evaluation": resize to resize_for_crop(crop)
 (292 for 256), then a random crop, random left-right and up-down flips and a rotation by k*90
 degrees (k uniform in 0..3) for training; the central crop for evaluation.
 

@@ -2,7 +2,7 @@
 
 A split is a `SplitManifest`: two sorted lists of file names relative to the dataset root, plus
 what is needed to tell whether it still matches its dataset (`dataset_digest`) and to identify
-it in a run (`digest`). See ../../shared/PROTOCOL.md, "Splits".
+it in a run (`digest`). See docs/PROTOCOL.md, "Splits".
 
 The authors' released pickles can be imported without running code from them
 (`import_authors_split`): only the classes that numpy arrays and a LabelEncoder need are let in.

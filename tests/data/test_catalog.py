@@ -1,4 +1,4 @@
-"""The catalog against PROTOCOL.md and the real MLRSNet label files."""
+"""The catalog against docs/PROTOCOL.md and the real MLRSNet label files."""
 
 from __future__ import annotations
 

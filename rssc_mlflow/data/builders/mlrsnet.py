@@ -151,7 +151,7 @@ def scan_mlrsnet(manual_dir: Path) -> BuildPlan:
         "more_than_max_labels_examples": many[:_EXAMPLES],
         "no_labels": len(none),
         "no_labels_examples": none[:_EXAMPLES],
-        "note": "rows kept as they are (a faithful run keeps them; PROTOCOL.md)",
+        "note": "rows kept as they are (a faithful run keeps them; docs/PROTOCOL.md)",
     }
     return BuildPlan(key="mlrsnet_sl", root=root, items=items,
                      synthetic=is_synthetic(manual_dir, root),
