@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples every run (a red build is never a dice roll); locally the default
+# profile keeps Hypothesis's database-backed search, and HYPOTHESIS_PROFILE=random draws afresh.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("random", derandomize=False, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 
 @pytest.fixture(autouse=True)
