@@ -257,6 +257,7 @@ Preproc = Annotated[Optional[str], typer.Option(help="unit, imagenet-rgb or imag
 Precision = Annotated[str, typer.Option(help="float32 or mixed (float16 on GPU, bfloat16 on CPU).")]
 Strategy = Annotated[str, typer.Option(help="auto, mirrored or multiworker (tf.distribute).")]
 SplitFile = Annotated[Optional[str], typer.Option(help="A split manifest to use instead of the stratified split.")]
+ScheduleSteps = Annotated[str, typer.Option(help="How warm-up and decay steps are counted: paper (per batch run, faithful to the paper) or authors (RSSC-transfer's train.py: n // batch counted steps, a first batch at 1e-5 and a second at 0; docs/PROTOCOL.md).")]
 Resume = Annotated[Optional[str], typer.Option(help="Continue an interrupted run (its run id).")]
 LogModel = Annotated[bool, typer.Option(help="Log the trained Keras model to MLflow.")]
 AnyVersion = Annotated[bool, typer.Option(help="When no registered version of the source has the profile's alias (@paper, @demo, ...), take the newest one (said on the console and in the tag rssc.lineage.note) instead of stopping.")]
@@ -292,12 +293,13 @@ def pretrain(source: Annotated[Optional[str], typer.Option(help="Dataset key to 
              profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
-             strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None) -> None:
+             strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None,
+             schedule_steps: ScheduleSteps = "paper") -> None:
     """Train ResNet-50 from scratch on SOURCE's 80%; registers rssc-resnet50-SOURCE."""
     from rssc_mlflow.commands import pretrain as run
 
     _require(resume, source=source)
-    _report(run(source or "", resume=resume, strategy=strategy,
+    _report(run(source or "", resume=resume, strategy=strategy, schedule_steps=schedule_steps,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
@@ -307,12 +309,13 @@ def adapt(source: Annotated[Optional[str], typer.Option(help="Dataset key to ada
           profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
           batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
           lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
-          strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None) -> None:
+          strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None,
+             schedule_steps: ScheduleSteps = "paper") -> None:
     """Fine-tune ImageNet ResNet-50 on SOURCE's 80%; registers rssc-resnet50-imagenet-SOURCE."""
     from rssc_mlflow.commands import adapt as run
 
     _require(resume, source=source)
-    _report(run(source or "", resume=resume, strategy=strategy,
+    _report(run(source or "", resume=resume, strategy=strategy, schedule_steps=schedule_steps,
                 **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 
@@ -324,12 +327,13 @@ def finetune(source: Annotated[Optional[str], typer.Option(help="Model reference
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
              strategy: Strategy = "auto", split_file: SplitFile = None, resume: Resume = None,
+             schedule_steps: ScheduleSteps = "paper",
              log_model: LogModel = True, allow_any_version: AnyVersion = False) -> None:
     """Fine-tune the whole network from SOURCE on TARGET's 20%, test on its 80%."""
     from rssc_mlflow.commands import finetune as run
 
     _require(resume, source=source, target=target)
-    _report(run(source or "", target or "", resume=resume, strategy=strategy, log_model=log_model,
+    _report(run(source or "", target or "", resume=resume, strategy=strategy, schedule_steps=schedule_steps, log_model=log_model,
                 allow_any_version=allow_any_version, **_common(profile, epochs, batch_size, image_size, seed, lr, preprocessing, precision, split_file)))
 
 

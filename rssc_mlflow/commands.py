@@ -34,7 +34,7 @@ from rssc_mlflow.tracking import predictions, registry, runs
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
 from rssc_mlflow.training import model_pool, progress, transfer
-from rssc_mlflow.training.schedule import peak_lr_for
+from rssc_mlflow.training.schedule import make_schedule, peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
 # The spec digest of a user's dataset (`rssc datasets add`) a run trained or evaluated on.
@@ -256,6 +256,7 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
         precision=p["precision"], strategy=p.get("strategy", "auto"), split_file=opt("split_file"),
         solver=p.get("solver", "adam"), standardize=p.get("standardize", "").lower() == "true",
         allow_any_version=p.get("allow_any_version", "").lower() == "true",
+        schedule_steps=p.get("schedule_steps", "paper"),
     )
     return settings.stage, settings
 
@@ -390,8 +391,9 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
             saved = predictions.read(kept / "predictions.npz", run_id)
             probs, y_true, files = saved.probs, saved.y_true, saved.files
         else:
-            schedule = fit_lib.make_schedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
-                                             epochs=settings.epochs, warmup_epochs=prof_warmup)
+            schedule = make_schedule(settings.schedule_steps, peak_lr=peak_lr, n_train=n_train,
+                                     batch_size=settings.batch_size, epochs=settings.epochs,
+                                     warmup_epochs=prof_warmup)
             try:
                 fit_lib.fit(
                     trainer, train, test_ds if profile.validate_every_epoch else None,

@@ -40,6 +40,10 @@ WARMUP_EPOCHS = 5
 DECAY_EPOCHS = (50, 70, 90)  # of 100; other epoch counts decay at the same fractions
 DECAY_FACTOR = 0.2
 PROBE_LR = 1e-3  # the "softmax classifier" on frozen features: fixed rate
+# `--schedule-steps`: `paper` counts warm-up and decays in the batches each epoch runs;
+# `authors` replays RSSC-transfer's train.py (docs/PROTOCOL.md, "Learning-rate steps").
+SCHEDULE_STEPS = ("paper", "authors")
+AUTHORS_INITIAL_LR = 1e-5  # train.py's Adam(lr=1e-5): the rate of the very first batch
 MULTILABEL_THRESHOLD = 0.5
 
 

@@ -45,6 +45,8 @@ class RunSettings:
     standardize: bool
     # A registered source without a version aliased @profile: take the newest (else an error).
     allow_any_version: bool = False
+    # How warm-up and decay steps are counted: the paper's (per batch run) or the authors' code.
+    schedule_steps: str = "paper"
 
     @property
     def resize(self) -> int:
@@ -71,7 +73,7 @@ class RunSettings:
         if training or (self.stage == "probe" and self.solver == "adam"):
             params["lr"] = peak_lr
         if training:
-            params["strategy"] = self.strategy
+            params.update(strategy=self.strategy, schedule_steps=self.schedule_steps)
         if self.stage == "probe":
             params.update(solver=self.solver, standardize=self.standardize)
         if self.stage in TRANSFER_STAGES:  # the stages that resolve a registered source
@@ -105,6 +107,7 @@ def resolve_settings(
     solver: str = "adam",
     standardize: bool = False,
     allow_any_version: bool = False,
+    schedule_steps: str = "paper",
 ) -> RunSettings:
     """Fill in the profile's defaults and refuse invalid values with a message that says why."""
     if stage not in STAGES:
@@ -130,7 +133,8 @@ def resolve_settings(
         )
     for name, value, allowed in (("precision", precision, PRECISIONS),
                                  ("strategy", strategy, STRATEGIES),
-                                 ("solver", solver, SOLVERS)):
+                                 ("solver", solver, SOLVERS),
+                                 ("schedule_steps", schedule_steps, protocol.SCHEDULE_STEPS)):
         if value not in allowed:
             raise RsscError(f"Invalid parameter {name}={value!r}. Choose one of: {', '.join(allowed)}.")
     if not source:
@@ -142,7 +146,7 @@ def resolve_settings(
         batch_size=batch_size, image_size=image_size, seed=int(seed), lr=lr,
         preprocessing=preprocessing, precision=precision, strategy=strategy,
         split_file=split_file or None, solver=solver, standardize=bool(standardize),
-        allow_any_version=bool(allow_any_version),
+        allow_any_version=bool(allow_any_version), schedule_steps=schedule_steps,
     )
 
 
@@ -180,6 +184,8 @@ def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: 
     bn_momentum = protocol.get_profile(settings.profile).bn_momentum
     if bn_momentum is not None and settings.stage in ("pretrain", "adapt", "finetune"):
         comparable["bn_momentum"] = bn_momentum  # absent for Keras's default: old keys hold
+    if settings.schedule_steps != "paper" and settings.stage in TRAINING_STAGES:
+        comparable["schedule_steps"] = settings.schedule_steps  # absent for paper: keys hold
     if dataset_spec:
         comparable["dataset_spec"] = dataset_spec  # absent for catalog datasets: keys hold
     blob = json.dumps(comparable, sort_keys=True).encode()

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.training import metrics as metrics_lib
-from rssc_mlflow.training.schedule import WarmupStepDecay
+from rssc_mlflow.training.schedule import Schedule, WarmupStepDecay
 
 # The CPU kernel used for conv input-gradients inside traced train steps (see module doc).
 CPU_CONV_INPUT_GRAD_KERNEL = "eigen_tensor"
@@ -48,7 +48,7 @@ class EpochLogger(keras.callbacks.Callback):
     """
 
     def __init__(self, log_epoch: Callable[[int, dict[str, float]], None],
-                 schedule: WarmupStepDecay, already_logged: set[int] | None = None):
+                 schedule: Schedule, already_logged: set[int] | None = None):
         super().__init__()
         self._log_epoch = log_epoch
         self._schedule = schedule
@@ -101,7 +101,7 @@ class FusedAdam(keras.optimizers.Adam):
 class StepLearningRate(keras.callbacks.Callback):
     """Sets the optimizer's learning rate to `schedule(iterations)` before every training step."""
 
-    def __init__(self, schedule: WarmupStepDecay):
+    def __init__(self, schedule: Schedule):
         super().__init__()
         self._schedule = schedule
         self._step: int | None = None
@@ -139,6 +139,7 @@ def fast_conv_gradients(model: keras.Model) -> None:
 
 def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: int,
                   warmup_epochs: int) -> WarmupStepDecay:
+    """The paper's schedule (`schedule.make_schedule` picks by `--schedule-steps`)."""
     return WarmupStepDecay(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch, epochs=epochs,
                            warmup_epochs=warmup_epochs)
 
@@ -181,7 +182,7 @@ class TrainingEpochs(Protocol):
 
 
 def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | None, *,
-        epochs: int, steps_per_epoch: int, schedule: WarmupStepDecay,
+        epochs: int, steps_per_epoch: int, schedule: Schedule,
         checkpoint_dir: Path | None, log_epoch: Callable[[int, dict[str, float]], None],
         already_logged: set[int] | None = None, verbose: int = 2,
         callbacks: Sequence[keras.callbacks.Callback] = ()) -> int:

@@ -18,11 +18,14 @@ Choices the paper leaves open, fixed here:
   long before the first boundary); it only matters for short runs where the warm-up is longer
   than the first boundary, which then still decay on time instead of jumping from the peak
   straight to `peak * 0.2**n` when the warm-up ends.
+
+`AuthorsStepSchedule` (`--schedule-steps authors`) is instead the rate the authors' train.py
+gave each batch; docs/PROTOCOL.md ("Learning-rate steps") states what it replays.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import keras
 from keras import ops
@@ -114,7 +117,101 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def lr_at_epoch(schedule: WarmupStepDecay, epoch: int, *, last_step: bool = False) -> float:
+@keras.saving.register_keras_serializable(package="rssc_mlflow")
+class AuthorsStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The rate RSSC-transfer's train.py gave each batch (`--schedule-steps authors`).
+
+    Their callback counts warm-up and decays in `counted_steps_per_epoch = n_train // batch`
+    (floor) steps while Keras runs `steps_per_epoch = ceil(n_train / batch)` batches, and it
+    sets the rate for batch s + 1 after batch s. With w = warmup_epochs * counted steps:
+
+    - batch 0 trains at the optimizer's initial rate (`initial_lr`, their Adam(lr=1e-5));
+    - batch b in 1..w at `peak * (b - 1) / w` (so batch 1 at 0);
+    - later batches keep the last warm-up rate, `peak * (w - 1) / w` (the peak itself is never
+      set), multiplied by `decay_factor` once for every decay step p >= w with p < b, where
+      p = boundary * counted steps (boundaries as in `decay_boundaries`: 50, 70, 90 of 100).
+      A decay step inside the warm-up (p < w) is never applied, as in their callback.
+    """
+
+    def __init__(
+        self,
+        peak_lr: float,
+        steps_per_epoch: int,
+        counted_steps_per_epoch: int,
+        epochs: int,
+        warmup_epochs: int = protocol.WARMUP_EPOCHS,
+        decay_epochs: Sequence[int] = protocol.DECAY_EPOCHS,
+        decay_factor: float = protocol.DECAY_FACTOR,
+        initial_lr: float = protocol.AUTHORS_INITIAL_LR,
+    ) -> None:
+        super().__init__()
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+        if counted_steps_per_epoch < 0 or warmup_epochs < 0:
+            raise ValueError("counted_steps_per_epoch and warmup_epochs must be >= 0.")
+        self.peak_lr = float(peak_lr)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.counted_steps_per_epoch = int(counted_steps_per_epoch)
+        self.epochs = int(epochs)
+        self.warmup_epochs = int(warmup_epochs)
+        self.decay_epochs = tuple(int(d) for d in decay_epochs)
+        self.decay_factor = float(decay_factor)
+        self.initial_lr = float(initial_lr)
+        self.boundaries = decay_boundaries(self.epochs, self.decay_epochs)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup_epochs * self.counted_steps_per_epoch
+
+    @property
+    def decay_steps(self) -> list[int]:
+        """Steps after which a decay applies (the first decayed batch is the next one)."""
+        return [b * self.counted_steps_per_epoch for b in self.boundaries
+                if b * self.counted_steps_per_epoch >= self.warmup_steps]
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        w = float(self.warmup_steps)
+        plateau = self.peak_lr * (w - 1.0) / w if w > 0 else self.initial_lr
+        ramp = self.peak_lr * (step - 1.0) / w if w > 0 else ops.zeros_like(step)
+        rate = ops.where(step < 1.0, self.initial_lr, ops.where(step <= w, ramp, plateau))
+        passed = ops.zeros_like(step)
+        for p in self.decay_steps:
+            passed = passed + ops.cast(ops.greater(step, float(p)), "float32")
+        return rate * ops.power(self.decay_factor, passed)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak_lr": self.peak_lr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "counted_steps_per_epoch": self.counted_steps_per_epoch,
+            "epochs": self.epochs,
+            "warmup_epochs": self.warmup_epochs,
+            "decay_epochs": list(self.decay_epochs),
+            "decay_factor": self.decay_factor,
+            "initial_lr": self.initial_lr,
+        }
+
+
+Schedule = Union[WarmupStepDecay, AuthorsStepSchedule]
+
+
+def make_schedule(schedule_steps: str, *, peak_lr: float, n_train: int, batch_size: int,
+                  epochs: int, warmup_epochs: int) -> Schedule:
+    """The schedule of a run on `n_train` images in batches of `batch_size` (ceil per epoch)."""
+    steps_per_epoch = -(-n_train // batch_size)
+    if schedule_steps == "paper":
+        return WarmupStepDecay(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                               warmup_epochs=warmup_epochs)
+    if schedule_steps == "authors":
+        return AuthorsStepSchedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
+                                   counted_steps_per_epoch=n_train // batch_size,
+                                   epochs=epochs, warmup_epochs=warmup_epochs)
+    raise ValueError(f"schedule_steps must be one of {protocol.SCHEDULE_STEPS}, "
+                     f"got {schedule_steps!r}.")
+
+
+def lr_at_epoch(schedule: Schedule, epoch: int, *, last_step: bool = False) -> float:
     """Rate used at the first (or, with `last_step`, the last) step of 0-based `epoch`, for logs."""
     step = epoch * schedule.steps_per_epoch + (schedule.steps_per_epoch - 1 if last_step else 0)
     return float(keras.ops.convert_to_numpy(schedule(step)))

@@ -316,3 +316,24 @@ def test_adapt_from_imagenet_weights_records_imagenet_preprocessing(world, store
     assert {k: probe_run.data.tags[f"rssc.lineage.{k}"] for k in origin} == origin  # and on
     plain = commands.probe("imagenet", "aid", solver="lbfgs", **SMOKE)
     assert store.get_run(plain.run_id).data.tags[runs.TAG_PREPROCESSING] == "imagenet-rgb"
+
+
+def test_finetune_with_the_authors_schedule_steps(world, store):
+    # UCM here: 3 images per class -> 21 target training images; batch 8 runs 3 batches per
+    # epoch but train.py counts 21 // 8 = 2. Warm-up (1 epoch) w = 2 counted steps; the
+    # decays of a 2-epoch run (epochs 1, 1, 2) come after counted steps 2, 2 and 4.
+    result = commands.finetune("scratch", "ucm", log_model=False, epochs=2,
+                               schedule_steps="authors", **SMOKE)
+    run = store.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["schedule_steps"] == "authors"
+    lr = [m.value for m in sorted(store.get_metric_history(run.info.run_id, "lr"),
+                                  key=lambda m: m.step)]
+    # Last batch of epoch 1 (step 2): ramp 3e-3 * (2 - 1) / 2. Last of epoch 2 (step 5): the
+    # held 1.5e-3, divided by 5 three times.
+    assert lr == pytest.approx([1.5e-3, 1.5e-3 * 0.2 ** 3], rel=1e-5)
+    paper = commands.fingerprint_for("finetune", source="scratch", target="ucm", epochs=2,
+                                     profile="smoke")
+    authors = commands.fingerprint_for("finetune", source="scratch", target="ucm", epochs=2,
+                                       profile="smoke", schedule_steps="authors")
+    assert run.data.tags[runs.TAG_FINGERPRINT] == authors != paper

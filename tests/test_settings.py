@@ -1,0 +1,54 @@
+"""A run's effective parameters and its protocol fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from rssc_mlflow import protocol
+from rssc_mlflow.errors import RsscError
+from rssc_mlflow.settings import protocol_fingerprint, resolve_settings
+
+
+def fingerprint(settings, **extra) -> str:
+    args = dict(preprocessing="unit", peak_lr=3e-3, synthetic=False, warmup_epochs=5)
+    return protocol_fingerprint(settings, **{**args, **extra})
+
+
+def v1_fingerprint(settings) -> str:
+    """Version 1's content, written out: runs logged before the switches keep their cells."""
+    comparable = {
+        "version": 1, "stage": settings.stage, "epochs": settings.epochs,
+        "batch_size": settings.batch_size, "crop": settings.image_size,
+        "resize": settings.resize, "peak_lr": 3e-3, "warmup_epochs": 5,
+        "decay_epochs": [50, 70, 90], "decay_factor": 0.2, "preprocessing": "unit",
+        "train_fraction": {"source": 0.8, "target": 0.2}, "split": "stratified",
+        "solver": None, "standardize": None, "synthetic": False, "upstream": "",
+    }
+    return hashlib.sha256(json.dumps(comparable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_schedule_steps_is_a_training_parameter() -> None:
+    finetune = resolve_settings("finetune", source="scratch", target="ucm")
+    assert finetune.schedule_steps == "paper"
+    assert finetune.as_params(peak_lr=3e-3, preprocessing="unit")["schedule_steps"] == "paper"
+    authors = resolve_settings("pretrain", source="ucm", schedule_steps="authors")
+    assert authors.as_params(peak_lr=3e-3, preprocessing="unit")["schedule_steps"] == "authors"
+    probe = resolve_settings("probe", source="imagenet", target="ucm")
+    assert "schedule_steps" not in probe.as_params(peak_lr=1e-3, preprocessing="unit")
+
+
+def test_unknown_schedule_steps_is_refused_by_name() -> None:
+    with pytest.raises(RsscError, match=r"schedule_steps='author'.*paper, authors"):
+        resolve_settings("finetune", source="scratch", target="ucm", schedule_steps="author")
+
+
+def test_authors_schedule_steps_is_another_cell_and_paper_keeps_old_cells() -> None:
+    paper = resolve_settings("finetune", source="scratch", target="ucm")
+    authors = resolve_settings("finetune", source="scratch", target="ucm",
+                               schedule_steps="authors")
+    assert fingerprint(paper) == v1_fingerprint(paper)
+    assert fingerprint(authors) != fingerprint(paper)
+    assert protocol.SCHEDULE_STEPS == ("paper", "authors")
