@@ -22,14 +22,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from rssc_mlflow.data.catalog import get_spec
-from rssc_mlflow.results.summarize import RunRecord
+from rssc_mlflow.results.summarize import PRIOR_METRIC, RunRecord
 
 MIN_HELD_OUT_ACCURACY = 0.50
 MIN_F1_OVER_PRIOR = 0.15  # multi-label: F1-micro minus the label-prior baseline's
 MIN_FINETUNE_GAIN = 0.20  # target: fine-tuned from a source minus from scratch
 MIN_PROBE_CHANCE_MULTIPLE = 3.0
 TARGET = "ucm"
-PRIOR_METRIC = "test_prior_f1_micro"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,7 +118,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="rssc_mlflow")
-class AuthorsStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+class AuthorsStepSchedule(WarmupStepDecay):
     """The rate RSSC-transfer's train.py gave each batch (`--schedule-steps authors`).
 
     Their callback counts warm-up and decays in `counted_steps_per_epoch = n_train // batch`
@@ -144,20 +144,12 @@ class AuthorsStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
         decay_factor: float = protocol.DECAY_FACTOR,
         initial_lr: float = protocol.AUTHORS_INITIAL_LR,
     ) -> None:
-        super().__init__()
-        if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
-        if counted_steps_per_epoch < 0 or warmup_epochs < 0:
+        if steps_per_epoch >= 1 and (counted_steps_per_epoch < 0 or warmup_epochs < 0):
             raise ValueError("counted_steps_per_epoch and warmup_epochs must be >= 0.")
-        self.peak_lr = float(peak_lr)
-        self.steps_per_epoch = int(steps_per_epoch)
+        super().__init__(peak_lr, steps_per_epoch, epochs, warmup_epochs, decay_epochs,
+                         decay_factor)
         self.counted_steps_per_epoch = int(counted_steps_per_epoch)
-        self.epochs = int(epochs)
-        self.warmup_epochs = int(warmup_epochs)
-        self.decay_epochs = tuple(int(d) for d in decay_epochs)
-        self.decay_factor = float(decay_factor)
         self.initial_lr = float(initial_lr)
-        self.boundaries = decay_boundaries(self.epochs, self.decay_epochs)
 
     @property
     def warmup_steps(self) -> int:
@@ -181,16 +173,8 @@ class AuthorsStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return rate * ops.power(self.decay_factor, passed)
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "peak_lr": self.peak_lr,
-            "steps_per_epoch": self.steps_per_epoch,
-            "counted_steps_per_epoch": self.counted_steps_per_epoch,
-            "epochs": self.epochs,
-            "warmup_epochs": self.warmup_epochs,
-            "decay_epochs": list(self.decay_epochs),
-            "decay_factor": self.decay_factor,
-            "initial_lr": self.initial_lr,
-        }
+        return {**super().get_config(), "counted_steps_per_epoch": self.counted_steps_per_epoch,
+                "initial_lr": self.initial_lr}
 
 
 Schedule = Union[WarmupStepDecay, AuthorsStepSchedule]
