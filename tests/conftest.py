@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import mlflow.tracking.fluent
 import pytest
 from hypothesis import settings
 
@@ -21,7 +22,13 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.delenv("RSSC_IMAGENET_WEIGHTS", raising=False)
+    # `mlflow.set_experiment` remembers the experiment id in the process (a global and
+    # MLFLOW_EXPERIMENT_ID), not the store: a later test's `start_run()` in another store then asks
+    # for an id that store lacks. MLflow has no public way to forget the global; raising=True
+    # makes an upgrade that renames it fail here, loudly.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None, raising=True)
     monkeypatch.chdir(root)
     yield root
 
