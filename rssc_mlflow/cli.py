@@ -148,20 +148,29 @@ def prepare(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
     skip_corrupt: Annotated[bool, typer.Option(help="Skip unreadable images (listed).")] = False,
+    with_val: Annotated[bool, typer.Option(
+        help="imagenet100: add the 5,000 ILSVRC2012 val images of the 100 wnids (val/<wnid>/ "
+             "next to train/), as in the paper's 131,689. Recorded in the manifest.")] = False,
+    tiff_as_jpeg: Annotated[Optional[int], typer.Option(
+        metavar="QUALITY",
+        help="ucm, rsicb256: store each TIFF as a JPEG of this quality (1-95), as the authors "
+             "read JPEGs converted beforehand. Default: lossless. Recorded in the "
+             "manifest.")] = None,
 ) -> None:
     """Build a dataset from its official download into $RSSC_DATA_DIR (tensorflow-datasets)."""
     from rssc_mlflow.data.prepare import prepare as prepare_dataset
 
     progress = None if as_json else (lambda msg: typer.echo(msg, err=True))
     report = prepare_dataset(key, manual_dir, force=force, skip_corrupt=skip_corrupt,
-                             progress=progress)
+                             progress=progress, with_val=with_val, tiff_as_jpeg=tiff_as_jpeg)
     out = report.to_json()
     if as_json:
         _echo_json(out)
         return
     state = "already prepared" if out.get("already_prepared") else "prepared"
     typer.echo(f"{key}: {state}, {out['images']:,} images in {len(out['per_class'])} classes"
-               + (" (SYNTHETIC)" if out["synthetic"] else ""))
+               + (" (SYNTHETIC)" if out["synthetic"] else "")
+               + "".join(f", {k}={v}" for k, v in out["options"].items()))
     for note in filter(None, [out.get("count_note")]):
         typer.echo(f"note: {note}")
     if out["skipped"]:

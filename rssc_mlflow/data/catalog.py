@@ -79,7 +79,8 @@ class DatasetSpec:
         if self.layout == "imagenet":
             return (
                 f"{self.title}: an ImageNet-1k train folder, <wnid>/<wnid>_N.JPEG, holding (at "
-                "least) the 100 wnids of the ImageNet-100 list"
+                "least) the 100 wnids of the ImageNet-100 list; with --with-val also val/<wnid>/"
+                "ILSVRC2012_val_NNNNNNNN.JPEG next to it"
             )
         if self.layout in ("user_folders", "user_csv"):
             return f"{self.title}: {self.file_pattern}"
@@ -236,6 +237,12 @@ EUROSAT_CLASS_COUNTS: dict[str, int] = {
 }  # fmt: skip
 
 
+# The paper's 131,689 ImageNet-100 images: the 126,689 train images of the 100 wnids plus their
+# ILSVRC2012 validation images, 50 per wnid (`rssc prepare imagenet100 --with-val`).
+IMAGENET100_TRAIN_IMAGES = 126_689
+IMAGENET_VAL_PER_CLASS = 50
+
+
 def imagenet100_wnids() -> tuple[str, ...]:
     """The 100 ImageNet-1k wnids of ImageNet-100 (the CMC list), shipped with the package."""
     text = resources.files("rssc_mlflow.resources").joinpath("imagenet100.txt").read_text()
@@ -306,7 +313,8 @@ def _build_catalog() -> dict[str, DatasetSpec]:
             expected_images=131_689, layout="imagenet", archive_root="train", images_dir="",
             file_pattern="<wnid>_N.JPEG",
             download_page="https://image-net.org/download-images.php (ILSVRC2012 train)",
-            notes="100 classes of ImageNet-1k (CMC list); the paper reports 131,689 images",
+            notes="100 classes of ImageNet-1k (CMC list); the paper's 131,689 are 126,689 "
+                  "train + 5,000 val images: `rssc prepare imagenet100 --with-val` adds the val",
         ),
         # --- Not in the paper: more public scene datasets, as targets of `rssc transfer`. ---
         DatasetSpec(

@@ -3,6 +3,11 @@
 Saved as JSON next to the prepared records. `digest` (sha256 of the canonical manifest: sorted
 paths, compact JSON) identifies the exact source bytes a dataset was built from, the same on any
 machine, so runs can record which data they saw.
+
+`options` are the prepare switches that change the stored images although the source bytes are
+the same (`--tiff-as-jpeg`): they enter the digest, so a dataset prepared with them is told
+apart from the default one. They are left out of the canonical form when there are none, so the
+digests of default preparations stay what they always were.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,14 +55,20 @@ def hash_files(root: Path, relpaths: Iterable[str], workers: int | None = None) 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
     files: tuple[FileEntry, ...]
+    options: tuple[tuple[str, Any], ...] = ()  # sorted (name, JSON value) pairs
 
     @classmethod
-    def of(cls, entries: Iterable[FileEntry]) -> Manifest:
-        return cls(tuple(sorted(entries)))
+    def of(cls, entries: Iterable[FileEntry],
+           options: Mapping[str, Any] | None = None) -> Manifest:
+        return cls(tuple(sorted(entries)), tuple(sorted((options or {}).items())))
 
     def canonical(self) -> bytes:
         rows = [[e.path, e.size, e.sha256] for e in sorted(self.files)]
-        return json.dumps({"files": rows}, separators=(",", ":"), ensure_ascii=False).encode()
+        data: dict[str, Any] = {"files": rows}
+        if self.options:
+            data["options"] = dict(self.options)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+                          sort_keys=True).encode()
 
     @property
     def digest(self) -> str:
@@ -68,13 +79,17 @@ class Manifest:
         return sum(e.size for e in self.files)
 
     def to_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "num_files": len(self.files),
-                "total_bytes": self.total_bytes,
-                "files": [[e.path, e.size, e.sha256] for e in self.files]}
+        out: dict[str, Any] = {"digest": self.digest, "num_files": len(self.files),
+                               "total_bytes": self.total_bytes}
+        if self.options:
+            out["options"] = dict(self.options)
+        out["files"] = [[e.path, e.size, e.sha256] for e in self.files]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        return cls.of(FileEntry(p, int(s), h) for p, s, h in data["files"])
+        return cls.of((FileEntry(p, int(s), h) for p, s, h in data["files"]),
+                      data.get("options"))
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:

@@ -9,6 +9,14 @@ the staging version into place with renames. So an interrupted prepare leaves no
 All MLRSNet keys read one stored dataset (`<tfds_dir>/rssc_mlrsnet/1.0.0`); mlrsnet_ucm_same,
 mlrsnet_ucm_other and mlrsnet_half are views of it (category filter; half = floor(n/2) per
 category, see `builders.mlrsnet.half_selection`), with labels re-indexed to the view's classes.
+
+Two switches reproduce the authors' data handling (README, "Faithful by default"); both are
+recorded in the manifest (`options`, part of its digest) and in the metadata, and a prepare
+asked for other options than the prepared version has rebuilds it:
+- `with_val` (imagenet100): adds the 5,000 ILSVRC2012 val images of the 100 wnids, as in the
+  paper's 131,689 (see `builders.imagenet100`).
+- `tiff_as_jpeg` (ucm, rsicb256): stores each TIFF as a JPEG of that quality, as the authors
+  read JPEG files converted beforehand; by default TIFFs are stored losslessly.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 from rssc_mlflow import __version__, config
 from rssc_mlflow.data.builders import VERSION, builder_class, stored_key, tfds_name
-from rssc_mlflow.data.catalog import MLRSNET_CATEGORIES, DatasetSpec, all_specs, get_spec
+from rssc_mlflow.data.catalog import (
+    CATALOG, MLRSNET_CATEGORIES, DatasetSpec, all_specs, get_spec,
+)
 from rssc_mlflow.data.manifest import FileEntry, Manifest, hash_files, read_manifest, write_manifest
 from rssc_mlflow.errors import DatasetError
 
@@ -47,6 +57,7 @@ _STAGING = ".staging"
 _IGNORED_KEPT = 100  # ignored files listed in the metadata (the count is always complete)
 
 Progress = Callable[[str], None]
+JPEG_QUALITY = (1, 95)  # PIL's useful range; above 95 it only grows the files
 
 
 # --- Records and reports ------------------------------------------------------------------------
@@ -77,6 +88,7 @@ class PrepareReport:
     already_prepared: bool
     ignored: int = 0
     seconds: float = 0.0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,6 +185,11 @@ class PreparedDataset:
     @property
     def synthetic(self) -> bool:
         return bool(self.metadata["synthetic"])
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The prepare switches it was built with ({} = the defaults; see module doc)."""
+        return dict(self.metadata.get("options", {}))
 
     @cached_property
     def records(self) -> list[Record]:
@@ -297,7 +314,7 @@ def _report(spec: DatasetSpec, ds: PreparedDataset, *, already: bool,
         count_note=_count_note(spec, per_class, len(records), ds.synthetic, len(skipped)),
         anomalies=ds.metadata.get("anomalies", {}), manifest_digest=ds.manifest_digest,
         path=str(ds.path), already_prepared=already, ignored=ds.metadata["ignored_count"],
-        seconds=round(seconds, 3),
+        seconds=round(seconds, 3), options=ds.options,
     )
 
 
@@ -356,22 +373,63 @@ def _swap(built: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def tiff_keys() -> tuple[str, ...]:
+    """The catalog datasets whose download holds TIFF files (UCM, RSI-CB256)."""
+    return tuple(sorted(k for k, s in CATALOG.items() if s.file_pattern.endswith(".tif")))
+
+
+def prepare_options(spec: DatasetSpec, *, with_val: bool = False,
+                    tiff_as_jpeg: int | None = None) -> dict[str, Any]:
+    """The switches asked for, checked against `spec`; only those off their default, so a
+    default prepare records none (and keeps its digest)."""
+    options: dict[str, Any] = {}
+    if with_val:
+        if spec.key != "imagenet100":
+            raise DatasetError(f"--with-val adds ImageNet's validation images and applies to "
+                               f"imagenet100 only. Received: {spec.key}.")
+        options["with_val"] = True
+    if tiff_as_jpeg is not None:
+        if spec.key not in tiff_keys():
+            raise DatasetError(f"--tiff-as-jpeg applies to the TIFF datasets "
+                               f"({', '.join(tiff_keys())}); '{spec.key}' is not one. "
+                               f"Received: {spec.key}.")
+        low, high = JPEG_QUALITY
+        if (not isinstance(tiff_as_jpeg, int) or isinstance(tiff_as_jpeg, bool)
+                or not low <= tiff_as_jpeg <= high):
+            raise DatasetError(f"--tiff-as-jpeg takes a JPEG quality from {low} to {high}. "
+                               f"Received: {tiff_as_jpeg!r}.")
+        options["tiff_as_jpeg"] = tiff_as_jpeg
+    return options
+
+
+def _same_options(final: Path, options: dict[str, Any]) -> bool:
+    meta = json.loads((final / METADATA_FILE).read_text())
+    return dict(meta.get("options", {})) == options
+
+
 def prepare(key: str, manual_dir: Path | str | None, *, force: bool = False,
-            skip_corrupt: bool = False, progress: Progress | None = None) -> PrepareReport:
+            skip_corrupt: bool = False, progress: Progress | None = None,
+            with_val: bool = False, tiff_as_jpeg: int | None = None) -> PrepareReport:
     """Prepare `key` from the unpacked official download in `manual_dir` (see module doc); a
     user's dataset (`rssc datasets add`) defaults to the folder it was registered from.
 
-    A no-op (`already_prepared=True`) when a complete version exists, unless `force`. Raises
-    DatasetError for a wrong layout, missing or unknown classes, unmatched MLRSNet labels and
-    damaged images (unless `skip_corrupt`, which leaves them out and lists them).
+    A no-op (`already_prepared=True`) when a complete version with the same options exists,
+    unless `force`. Raises DatasetError for a wrong layout, missing or unknown classes,
+    unmatched MLRSNet labels, damaged images (unless `skip_corrupt`, which leaves them out and
+    lists them) and options that do not apply (`with_val`, `tiff_as_jpeg`: module doc).
     """
     started = time.monotonic()
     spec = _spec(key)
+    options = prepare_options(spec, with_val=with_val, tiff_as_jpeg=tiff_as_jpeg)
     say = progress or (lambda _msg: None)
     final = prepared_dir(key)
     if not force and _is_complete(final) and not _registered_again(spec, final):
-        say(f"{spec.key}: already prepared in {final}")
-        return _report(spec, load_prepared(key), already=True)
+        if _same_options(final, options):
+            say(f"{spec.key}: already prepared in {final}")
+            return _report(spec, load_prepared(key), already=True)
+        # The prepared version was asked for differently: build what is asked for now.
+        say(f"{spec.key}: prepared with other options than {options or 'the defaults'}; "
+            "rebuilding")
     memory_mb = config.prepare_memory_mb()  # a bad setting fails before any work
     if manual_dir is None:
         if spec.origin != "user":
@@ -387,7 +445,7 @@ def prepare(key: str, manual_dir: Path | str | None, *, force: bool = False,
 
     cls = builder_class(key)
     say(f"{spec.key}: scanning {manual}")
-    plan = cls.scan(manual)
+    plan = cls.scan(manual, with_val=True) if with_val else cls.scan(manual)
     say(f"{spec.key}: {len(plan.items):,} images found under {plan.root}")
 
     import tensorflow_datasets as tfds  # already loaded by the builder module; named here
@@ -398,7 +456,8 @@ def prepare(key: str, manual_dir: Path | str | None, *, force: bool = False,
     _remove_stale_staging(staging_root, name)
     staging = staging_root / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        builder = cls(data_dir=str(staging), plan=plan, skip_corrupt=skip_corrupt, progress=say)
+        builder = cls(data_dir=str(staging), plan=plan, skip_corrupt=skip_corrupt, progress=say,
+                      tiff_as_jpeg=options.get("tiff_as_jpeg"))
         try:
             # TFDS prints its own notes to stdout; keep stdout clean for `rssc prepare --json`.
             with contextlib.redirect_stdout(sys.stderr), _tfds_memory_bound(memory_mb):
@@ -412,7 +471,7 @@ def prepare(key: str, manual_dir: Path | str | None, *, force: bool = False,
         say(f"{spec.key}: writing manifest")
         label_entries = hash_files(plan.root, plan.label_files)
         manifest = Manifest.of([*(FileEntry(s.filename, s.size, s.sha256) for s in builder.sources),
-                                *label_entries])
+                                *label_entries], options)
         write_manifest(built, manifest)
         kept = {s.filename for s in builder.sources}
         stored_rows = [[i.filename, i.label,
@@ -431,7 +490,7 @@ def prepare(key: str, manual_dir: Path | str | None, *, force: bool = False,
             "skipped": [{"filename": f, "error": e} for f, e in builder.skipped],
             "ignored_count": len(plan.ignored), "ignored": plan.ignored[:_IGNORED_KEPT],
             "anomalies": plan.anomalies, "manifest_digest": manifest.digest,
-            "manifest_files": len(manifest.files),
+            "manifest_files": len(manifest.files), "options": options,
         }
         if spec.origin == "user":
             metadata["spec_digest"] = spec.spec_digest

@@ -45,6 +45,9 @@ NATIVE_SIDE = {"aid": 600, "whu_rs19": 600, "rsscn7": 400, "eurosat": 64}
 # A real ImageNet-1k train folder holds 1000 wnids; these three are not in the ImageNet-100 list,
 # so a prepare step must pick the listed ones instead of taking every folder.
 IMAGENET_EXTRA_WNIDS = ("n01440764", "n01443537", "n15075141")
+# ImageNet's validation images sorted by wnid next to `train` (see builders.imagenet100):
+# `val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG`, numbered across all wnids like the official files.
+IMAGENET_VAL_DIR = "val"
 RSICB256_TOP = "RSI-CB256"  # catalog.archive_root is "" (copies differ); the usual name
 _SAMPLE_HEAD_ROWS = 60  # rows per category kept in the labels sample ...
 _SAMPLE_MAX_ANOMALIES = 20  # ... plus this many anomalous rows
@@ -415,6 +418,26 @@ class _ClassDir:
     files: tuple[str, ...]
 
 
+def imagenet_val_per_class(n: int) -> int:
+    """Val images per wnid of a stand-in with `n` train images per wnid (real: 50 of ~1,300);
+    fewer than train, so a count that mixes the two parts up shows."""
+    return max(1, (n + 1) // 2)
+
+
+def _write_imagenet_val(root: Path, n: int, size: int, seed: int) -> None:
+    wnids = sorted(catalog.imagenet100_wnids() + IMAGENET_EXTRA_WNIDS)
+    number = 0
+    for wnid in wnids:
+        folder = root / IMAGENET_VAL_DIR / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        look = look_of(wnid)
+        for ii in range(imagenet_val_per_class(n)):
+            number += 1
+            rng = np.random.default_rng([seed, _hash("imagenet100-val"), _hash(wnid), ii])
+            _save(render(look, rng, size, size), folder / f"ILSVRC2012_val_{number:08d}.JPEG",
+                  "RGB")
+
+
 def _plan(tree: str, n: int) -> tuple[str, list[_ClassDir]]:
     """(archive top folder, class folders with file names) of a tree, as the download has them."""
     r = range(1, n + 1)
@@ -506,6 +529,8 @@ def _write_tree(out: Path, tree: str, n: int, size: int, seed: int, quirks: bool
         if quirks:
             (labels / ".DS_Store").write_bytes(_DS_STORE)
             record.append({"kind": "junk", "path": f"MLRSNet/{labels_dirname}/.DS_Store"})
+    if tree == "imagenet100":
+        _write_imagenet_val(root, n, side, seed)
     if quirks:  # junk from unpacking archives made on macOS / browsed on Windows
         first, second = class_dirs[0], class_dirs[1]
         fork = f"._{first.files[0]}"

@@ -8,6 +8,7 @@ remembers per file size and sha256 for the manifest, so each source byte is read
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 import tensorflow_datasets as tfds
 
 from rssc_mlflow.data.builders import VERSION as BUILDER_VERSION
-from rssc_mlflow.data.builders.common import BuildPlan, Item, few, process_all
+from rssc_mlflow.data.builders.common import BuildPlan, Item, few, process, process_all
 from rssc_mlflow.data.catalog import DatasetSpec, get_spec
 from rssc_mlflow.errors import DatasetError
 
@@ -42,9 +43,11 @@ class RsscBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     KEY: ClassVar[str]
 
     def __init__(self, *, plan: BuildPlan | None = None, skip_corrupt: bool = False,
-                 progress: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 tiff_as_jpeg: int | None = None, **kwargs: Any) -> None:
         self.plan = plan
         self.skip_corrupt = skip_corrupt
+        self.tiff_as_jpeg = tiff_as_jpeg  # JPEG quality for TIFFs (see common.encode_image)
         self.progress = progress or (lambda _msg: None)
         self.sources: list[SourceFile] = []
         self.skipped: list[tuple[str, str]] = []  # (filename, decoder error)
@@ -90,7 +93,8 @@ class RsscBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, plan: BuildPlan) -> Iterator[tuple[str, dict[str, Any]]]:
         total = len(plan.items)
         corrupt: list[tuple[str, str]] = []
-        for i, done in enumerate(process_all(plan.items), start=1):
+        encode = functools.partial(process, tiff_as_jpeg=self.tiff_as_jpeg)
+        for i, done in enumerate(process_all(plan.items, fn=encode), start=1):
             if i == 1 or i % _PROGRESS_EVERY == 0 or i == total:
                 self.progress(f"encoding {i}/{total}")
             if done.encoded is None:

@@ -202,14 +202,20 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def encode_image(data: bytes) -> bytes:
+def encode_image(data: bytes, tiff_as_jpeg: int | None = None) -> bytes:
     """Lossless bytes to store: the original file when it is a clean RGB JPEG, else RGB PNG.
 
     Decodes by content (a PNG named .jpg is fine) and every byte of it (`load()`; a kept JPEG at
     reduced scale), so truncated files fail here and not in training. Raises whatever PIL raises
     for a damaged file.
+
+    `tiff_as_jpeg` (quality 1-95): a TIFF is stored as a JPEG of that quality instead, as the
+    authors' TIFF datasets were converted to JPEG before training (docs/PROTOCOL.md).
     """
     with Image.open(io.BytesIO(data)) as image:
+        if tiff_as_jpeg is not None and image.format == "TIFF":
+            image.load()
+            return jpeg_encode(_to_rgb(image), tiff_as_jpeg)
         if image.format == "JPEG" and image.mode == "RGB":
             # Stored as it is, so decoded only to find damage. At 1/8 scale libjpeg still
             # entropy-decodes every block (where truncated or corrupt data shows) but skips most
@@ -225,11 +231,20 @@ def encode_image(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def process(item: Item) -> Processed:
+def jpeg_encode(rgb: Image.Image, quality: int) -> bytes:
+    """PIL's JPEG at `quality` with its defaults (baseline, 4:2:0 chroma subsampling): the
+    authors' converter is unknown, so the commonest one; the same bytes on every machine with
+    the same libjpeg."""
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def process(item: Item, tiff_as_jpeg: int | None = None) -> Processed:
     data = item.path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
-        encoded = encode_image(data)
+        encoded = encode_image(data, tiff_as_jpeg)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means a damaged file
         return Processed(item, len(data), digest, None, f"{type(exc).__name__}: {exc}")
     return Processed(item, len(data), digest, encoded)
