@@ -191,3 +191,35 @@ def test_half_selection_is_floor_half_and_stable() -> None:
 def test_tfds_names_match_builders(key: str) -> None:
     cls = builder_class(key)
     assert cls.name == tfds_name(key)
+
+
+# --- the authors' data handling as switches ---------------------------------------------------
+def test_imagenet_with_val_adds_sorted_val_folder(synth_trees: dict[str, Path]) -> None:
+    from rssc_mlflow.data.synth import imagenet_val_per_class
+
+    spec = catalog.get_spec("imagenet100")
+    plan = scan_imagenet(spec, synth_trees["imagenet100"], with_val=True)
+    val = [i for i in plan.items if i.filename.startswith("val/")]
+    assert len(plan.items) - len(val) == 100 * IMAGES_PER_CLASS and plan.root.name == "train"
+    per_class = {w: 0 for w in spec.classes}
+    for item in val:
+        wnid = item.filename.split("/")[1]
+        assert spec.classes[item.label] == wnid and item.path.parent.parent.name == "val"
+        per_class[wnid] += 1
+    assert set(per_class.values()) == {imagenet_val_per_class(IMAGES_PER_CLASS)}
+    assert "val_classes_off" not in plan.anomalies  # not checked on a stand-in
+
+
+def test_tiff_as_jpeg_reencodes_tiffs_only(tmp_path: Path) -> None:
+    tiff = write_image(tmp_path / "x.tif", size=(20, 12)).read_bytes()
+    out = _decode(encode_image(tiff, tiff_as_jpeg=80))
+    expected = io.BytesIO()
+    Image.open(io.BytesIO(tiff)).save(expected, "JPEG", quality=80)
+    assert out.format == "JPEG" and out.size == (20, 12)
+    assert np.array_equal(np.asarray(out), np.asarray(_decode(expected.getvalue())))
+    grey = write_image(tmp_path / "g.tif", mode="L").read_bytes()
+    assert _decode(encode_image(grey, tiff_as_jpeg=80)).mode == "RGB"
+    jpeg = jpeg_bytes("RGB")
+    assert encode_image(jpeg, tiff_as_jpeg=80) == jpeg  # not a TIFF: stored as before
+    png = write_image(tmp_path / "p.png").read_bytes()
+    assert _decode(encode_image(png, tiff_as_jpeg=80)).format == "PNG"

@@ -322,3 +322,126 @@ def test_memory_bound_spills_to_disk_and_writes_the_same_shards(
     assert len(spilled) == EXPECTED_IMAGES["ucm"]
     assert shards() == in_memory and in_memory
     assert shuffle.MAX_MEM_BUFFER_SIZE == 1000 << 20  # TFDS's constant restored
+
+
+# --- the authors' data handling as switches (README, "Faithful by default") ------------------
+def test_with_val_real_counts_add_up() -> None:
+    # The paper's 131,689 = 126,689 train images + 50 val images of each of the 100 wnids.
+    spec = catalog.get_spec("imagenet100")
+    assert spec.num_classes * catalog.IMAGENET_VAL_PER_CLASS == 5_000
+    assert catalog.IMAGENET100_TRAIN_IMAGES + 5_000 == spec.expected_images == 131_689
+
+
+@pytest.fixture(scope="module")
+def small_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """imagenet100 (3 train + 2 val per wnid), ucm and rsicb256 (1 image per class)."""
+    from rssc_mlflow.data.synth import write_synthetic
+
+    out = tmp_path_factory.mktemp("small")
+    trees = write_synthetic(out / "in", ["imagenet100"], images_per_class=N, image_size=16)
+    trees.update(write_synthetic(out / "tiff", ["ucm", "rsicb256"], images_per_class=1,
+                                 image_size=16))
+    return trees
+
+
+def test_with_val_adds_the_val_images(data_env: Path, small_trees: dict[str, Path]) -> None:
+    from rssc_mlflow.data.synth import imagenet_val_per_class
+
+    val = imagenet_val_per_class(N)
+    assert val == 2  # fewer than the train images: a mix-up of the two parts shows
+    spec = catalog.get_spec("imagenet100")
+    plain = prepare("imagenet100", small_trees["imagenet100"])
+    with_val = prepare("imagenet100", small_trees["imagenet100"], with_val=True)
+    assert not with_val.already_prepared  # other options than the prepared version: rebuilt
+    assert with_val.images - plain.images == 100 * val == with_val.anomalies["val_images"]
+    assert with_val.per_class == {w: N + val for w in spec.classes}
+    ds = load_prepared("imagenet100")
+    added = [r for r in ds.records if r.filename.startswith("val/")]
+    assert len(added) == 100 * val
+    for r in added:  # val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG, labelled by its wnid folder
+        _, wnid, name = r.filename.split("/")
+        assert spec.classes[r.label] == wnid and name.startswith("ILSVRC2012_val_")
+    assert not any(r.filename.split("/")[1] in synth_extra() for r in added)
+    # Recorded: manifest options (so the digest differs), metadata, report.
+    assert ds.manifest().options == (("with_val", True),) and ds.options == {"with_val": True}
+    assert with_val.options == {"with_val": True} and plain.options == {}
+    assert ds.manifest_digest == with_val.manifest_digest != plain.manifest_digest
+    assert len(_read_all("imagenet100")) == with_val.images
+    assert prepare("imagenet100", small_trees["imagenet100"], with_val=True).already_prepared
+    back = prepare("imagenet100", small_trees["imagenet100"])  # without: the train part again
+    assert not back.already_prepared and back.manifest_digest == plain.manifest_digest
+
+
+def synth_extra() -> set[str]:
+    from rssc_mlflow.data.synth import IMAGENET_EXTRA_WNIDS
+
+    return set(IMAGENET_EXTRA_WNIDS)
+
+
+def test_with_val_refused_elsewhere_and_without_val_folder(
+        data_env: Path, tmp_path: Path, small_trees: dict[str, Path]) -> None:
+    with pytest.raises(DatasetError, match=r"imagenet100 only\. Received: ucm\."):
+        prepare("ucm", small_trees["ucm"], with_val=True)
+    tree = copy_tree(small_trees["imagenet100"], tmp_path / "copy")
+    val = tree / "val"
+    for f in val.rglob("*.JPEG"):  # the official archive's flat folder
+        f.rename(val / f.name)
+    for d in [d for d in val.iterdir() if d.is_dir()]:
+        d.rmdir()
+    with pytest.raises(DatasetError, match=r"holds no wnid folders \(\d+ ILSVRC2012_val_\* "
+                                           r"files.*valprep"):
+        prepare("imagenet100", tree, with_val=True)
+    shutil.rmtree(val)
+    with pytest.raises(DatasetError, match=r"--with-val: no 'val' folder next to"):
+        prepare("imagenet100", tree, with_val=True)
+    assert prepare("imagenet100", tree).images == 100 * N  # without it: no val needed
+
+
+@pytest.mark.parametrize("key", ["ucm", "rsicb256"])
+def test_tiff_as_jpeg(data_env: Path, small_trees: dict[str, Path], key: str) -> None:
+    import io
+
+    from PIL import Image
+
+    lossless = prepare(key, small_trees[key])
+    lossless_rows = {r["filename"].decode(): r["image"] for r in _read_all(key)}
+    lossless_files = load_prepared(key).manifest().files
+    report = prepare(key, small_trees[key], tiff_as_jpeg=60)
+    assert not report.already_prepared and report.options == {"tiff_as_jpeg": 60}
+    ds = load_prepared(key)
+    assert ds.manifest().options == (("tiff_as_jpeg", 60),)
+    assert ds.metadata["options"] == {"tiff_as_jpeg": 60}
+    assert report.manifest_digest != lossless.manifest_digest
+    assert ds.manifest().files == lossless_files  # the same sources, only the option added
+    root = Path(ds.metadata["source"])
+    rows = {r["filename"].decode(): r["image"] for r in _read_all(key)}
+    assert rows.keys() == lossless_rows.keys()
+    checked = 0
+    for name, data in rows.items():
+        assert data[:2] == b"\xff\xd8", name  # every TIFF, of any mode, is now a JPEG
+        with Image.open(root / name) as src:
+            if src.mode != "RGB":
+                continue
+            # An independent encode-decode at that quality gives the same pixels.
+            out = io.BytesIO()
+            src.convert("RGB").save(out, "JPEG", quality=60)
+        ours = tf.io.decode_jpeg(data).numpy()
+        assert np.array_equal(ours, tf.io.decode_jpeg(out.getvalue()).numpy()), name
+        assert not np.array_equal(ours, tf.io.decode_image(lossless_rows[name]).numpy()), name
+        checked += 1
+    assert checked >= len(rows) - 4  # all but the four quirk images (non-RGB TIFFs)
+    assert prepare(key, small_trees[key], tiff_as_jpeg=60).already_prepared
+    assert not prepare(key, small_trees[key], tiff_as_jpeg=90).already_prepared
+
+
+@pytest.mark.parametrize("quality", [0, 96, -5, 100])
+def test_tiff_as_jpeg_quality_out_of_range(data_env: Path, small_trees: dict[str, Path],
+                                           quality: int) -> None:
+    with pytest.raises(DatasetError, match=rf"quality from 1 to 95\. Received: {quality}\."):
+        prepare("ucm", small_trees["ucm"], tiff_as_jpeg=quality)
+
+
+def test_tiff_as_jpeg_refused_for_jpeg_datasets(data_env: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"TIFF datasets \(rsicb256, ucm\); 'aid' is not one\. "
+                                           r"Received: aid\."):
+        prepare("aid", tmp_path, tiff_as_jpeg=75)

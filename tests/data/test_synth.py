@@ -296,3 +296,19 @@ def test_same_concept_looks_alike_across_datasets(trees: dict[str, Path]) -> Non
     aid_tank = _mean_colour(_class_dir("aid", trees["aid"], "StorageTanks"))
     ucm_beach = _mean_colour(_class_dir("ucm", trees["ucm"], "beach"))
     assert np.linalg.norm(ucm_tank - aid_tank) < np.linalg.norm(ucm_tank - ucm_beach)
+
+
+def test_imagenet_val_sorted_by_wnid_next_to_train(trees: dict[str, Path]) -> None:
+    # val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG beside train/, for all wnids of the tree, numbered
+    # across wnids like the official files (builders.imagenet100 reads this layout).
+    val = trees["imagenet100"] / synth.IMAGENET_VAL_DIR
+    wnids = set(catalog.imagenet100_wnids()) | set(synth.IMAGENET_EXTRA_WNIDS)
+    assert {d.name for d in val.iterdir()} == wnids
+    numbers = []
+    for wnid in wnids:
+        files = sorted((val / wnid).iterdir())
+        assert len(files) == synth.imagenet_val_per_class(N) == 5
+        for f in files:
+            assert re.fullmatch(r"ILSVRC2012_val_\d{8}\.JPEG", f.name) and _magic(f) == "jpeg"
+            numbers.append(int(f.name[15:23]))
+    assert sorted(numbers) == list(range(1, len(wnids) * 5 + 1))
