@@ -132,12 +132,27 @@ def _pipeline_args(data: _Data, settings: RunSettings) -> dict[str, Any]:
                 preprocessing=None, seed=settings.seed, label_key=data.label_key)
 
 
+def _data_params(data: _Data, settings: RunSettings) -> dict[str, str]:
+    """How the run's images were prepared and, for training, shuffled: the prepare switches
+    (also in the dataset digest) and whether each epoch is a full permutation of the training
+    images or a window over a disk cache's fixed order (docs/PERFORMANCE.md, memory)."""
+    options = data.prepared.options
+    params = {"dataset_options": ",".join(f"{k}={str(v).lower()}" for k, v in
+                                          sorted(options.items())) or "default"}
+    if settings.stage in TRAINING_STAGES:
+        n = len(data.split.train)
+        buffer = pipeline.train_shuffle_buffer(n, settings.image_size)
+        params.update(shuffle_buffer=str(buffer), shuffle_full=str(buffer >= n).lower())
+    return params
+
+
 def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preprocessing: str,
                    source: registry.ResolvedSource, *, log_model: bool | None = None) -> None:
     """Params, the tags that identify the result, inputs and the split manifest."""
     params = settings.as_params(peak_lr=_rates(settings, source)[0], preprocessing=preprocessing)
     if log_model is not None:  # finetune: whether the trained model is logged
         params["log_model"] = str(log_model).lower()
+    params.update(_data_params(data, settings))
     runs.log_params(params)
     tags = {
         runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),

@@ -55,3 +55,23 @@ def test_a_killed_process_releases_its_lock(tmp_path: Path) -> None:
         holder.kill()  # SIGKILL: no cleanup code runs
         holder.wait()
     assert commands.can_resume(_run(folder, run_id="r1"))
+
+
+def _data(n_train: int, options: dict) -> SimpleNamespace:
+    return SimpleNamespace(prepared=SimpleNamespace(options=options),
+                           split=SimpleNamespace(train=[f"f{i}" for i in range(n_train)]))
+
+
+def test_data_params_record_prepare_options_and_the_shuffle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RSSC_CACHE_MEMORY_MB", "300")
+    train = SimpleNamespace(stage="pretrain", image_size=256)
+    assert commands._data_params(_data(1_000, {}), train) == {
+        "dataset_options": "default", "shuffle_buffer": "1000", "shuffle_full": "true"}
+    # ImageNet-100 with val (131,689 at crop 256, 80 %): cached on disk, a 409-image window.
+    big = commands._data_params(_data(105_351, {"with_val": True}), train)
+    assert big == {"dataset_options": "with_val=true", "shuffle_buffer": "409",
+                   "shuffle_full": "false"}
+    probe = SimpleNamespace(stage="probe", image_size=256)  # no training pipeline: no shuffle
+    assert commands._data_params(_data(10, {"tiff_as_jpeg": 75}), probe) == {
+        "dataset_options": "tiff_as_jpeg=75"}

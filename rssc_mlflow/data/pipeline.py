@@ -146,6 +146,15 @@ def shuffle_buffer_size(cache_mode: str, n: int, side: int) -> int:
     return max(1, min(n, config.cache_memory_mb() * 2**20 // (3 * side * side * 3)))
 
 
+def train_shuffle_buffer(n: int, crop: int, cache: str = "auto") -> int:
+    """The shuffle buffer `make_dataset` gives `n` training images at `crop` (for the run's
+    params): all of them, a full permutation each epoch, when their cache is in memory; else
+    `shuffle_buffer_size`'s window over the disk cache's fixed order (not a full permutation:
+    an image moves at most that many places)."""
+    side = resize_for_crop(crop)
+    return shuffle_buffer_size(choose_cache(cache, n * side * side * 3), n, side)
+
+
 def _disk_cache_path(cache_path: Path | None, training: bool, side: int, n: int) -> str:
     if cache_path is None:
         # No identity given: a fresh folder, so a stale cache of other images is never read.

@@ -338,3 +338,12 @@ def test_augment_draws_the_eight_symmetries_of_the_square_uniformly() -> None:
         counts[[np.array_equal(out, t) for t in symmetries].index(True)] += 1
     # Binomial(1600, 1/8): mean 200, sd 13.2; 5 sd either side fails a broken draw only.
     assert counts.min() > 200 - 66 and counts.max() < 200 + 66, counts
+
+
+def test_train_shuffle_buffer_is_what_make_dataset_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run logs this buffer (commands._data_params): the same rule make_dataset applies.
+    monkeypatch.setenv("RSSC_CACHE_MEMORY_MB", "300")
+    assert pipeline.train_shuffle_buffer(1_000, 256) == 1_000  # 245 MiB cached: in memory
+    assert pipeline.train_shuffle_buffer(100_000, 256) == 409  # on disk: a window of it
+    assert pipeline.train_shuffle_buffer(100_000, 256, cache="memory") == 100_000
+    assert pipeline.train_shuffle_buffer(50, 256, cache="disk") == 50
