@@ -63,6 +63,16 @@ def test_unknown_dataset_is_one_paragraph_and_exit_1(tmp_path, data_dir):
     assert "Traceback" not in result.output
 
 
+def test_prepare_switches_are_checked_before_any_work(tmp_path, data_dir):
+    result = runner.invoke(app, ["prepare", "ucm", "--manual-dir", str(tmp_path),
+                                 "--tiff-as-jpeg", "96"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "quality from 1 to 95. Received: 96." in result.stderr
+    result = runner.invoke(app, ["prepare", "aid", "--manual-dir", str(tmp_path), "--with-val"])
+    assert result.exit_code == 1 and "imagenet100 only. Received: aid." in result.stderr
+    assert "--tiff-as-jpeg" in runner.invoke(app, ["prepare", "--help"]).output
+
+
 def test_training_parameters_are_validated_before_anything_runs(data_dir):
     result = runner.invoke(app, ["finetune", "--source", "resisc45", "--target", "ucm",
                                  "--image-size", "100"])

@@ -3,6 +3,7 @@
 A builder either gets a validated `BuildPlan` from `prepare` or scans `manual_dir` itself, so it
 also works as a plain TFDS builder. It decodes every image (threads), stores lossless bytes and
 remembers per file size and sha256 for the manifest, so each source byte is read only once.
+TIFFs are stored as JPEG instead when `tiff_as_jpeg` is set (`rssc prepare --tiff-as-jpeg`).
 """
 
 from __future__ import annotations
