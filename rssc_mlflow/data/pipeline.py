@@ -149,8 +149,8 @@ def shuffle_buffer_size(cache_mode: str, n: int, side: int) -> int:
 def train_shuffle_buffer(n: int, crop: int, cache: str = "auto") -> int:
     """The shuffle buffer `make_dataset` gives `n` training images at `crop` (for the run's
     params): all of them, a full permutation each epoch, when their cache is in memory; else
-    `shuffle_buffer_size`'s window over the disk cache's fixed order (not a full permutation:
-    an image moves at most that many places)."""
+    `shuffle_buffer_size`'s window over the disk cache's fixed order, not a full permutation:
+    an image comes at most that many places earlier than in that order."""
     side = resize_for_crop(crop)
     return shuffle_buffer_size(choose_cache(cache, n * side * side * 3), n, side)
 

@@ -430,6 +430,9 @@ def test_tiff_as_jpeg(data_env: Path, small_trees: dict[str, Path], key: str) ->
         assert not np.array_equal(ours, tf.io.decode_image(lossless_rows[name]).numpy()), name
         checked += 1
     assert checked >= len(rows) - 4  # all but the four quirk images (non-RGB TIFFs)
+    from rssc_mlflow.data.verify import verify
+
+    assert verify(key).ok  # the manifest with options still agrees with metadata and marker
     assert prepare(key, small_trees[key], tiff_as_jpeg=60).already_prepared
     assert not prepare(key, small_trees[key], tiff_as_jpeg=90).already_prepared
 
