@@ -334,7 +334,7 @@ def test_with_val_real_counts_add_up() -> None:
 
 @pytest.fixture(scope="module")
 def small_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """imagenet100 (3 train + 2 val per wnid), ucm and rsicb256 (1 image per class)."""
+    """imagenet100 (3 train + 1 val per wnid), ucm and rsicb256 (1 image per class)."""
     from rssc_mlflow.data.synth import write_synthetic
 
     out = tmp_path_factory.mktemp("small")
@@ -348,7 +348,7 @@ def test_with_val_adds_the_val_images(data_env: Path, small_trees: dict[str, Pat
     from rssc_mlflow.data.synth import imagenet_val_per_class
 
     val = imagenet_val_per_class(N)
-    assert val == 2  # fewer than the train images: a mix-up of the two parts shows
+    assert val == 1  # fewer than the train images: a mix-up of the two parts shows
     spec = catalog.get_spec("imagenet100")
     plain = prepare("imagenet100", small_trees["imagenet100"])
     with_val = prepare("imagenet100", small_trees["imagenet100"], with_val=True)
