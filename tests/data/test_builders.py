@@ -223,3 +223,13 @@ def test_tiff_as_jpeg_reencodes_tiffs_only(tmp_path: Path) -> None:
     assert encode_image(jpeg, tiff_as_jpeg=80) == jpeg  # not a TIFF: stored as before
     png = write_image(tmp_path / "p.png").read_bytes()
     assert _decode(encode_image(png, tiff_as_jpeg=80)).format == "PNG"
+
+
+def test_imagenet_val_folder_named_like_the_archive(tmp_path: Path,
+                                                    synth_trees: dict[str, Path]) -> None:
+    tree = copy_tree(synth_trees["imagenet100"], tmp_path / "copy")
+    (tree / "val").rename(tree / "ILSVRC2012_img_val")
+    plan = scan_imagenet(catalog.get_spec("imagenet100"), tree, with_val=True)
+    assert plan.root.name == "train"  # never the val folder, though it holds the same wnids
+    val = [i for i in plan.items if "ILSVRC2012_img_val" in i.path.parts]
+    assert val and all(i.filename.startswith("val/") for i in val)

@@ -5,8 +5,8 @@ relative to the train folder: "n01558993/n01558993_1.JPEG".
 
 With `with_val` (`rssc prepare imagenet100 --with-val`) the 50 validation images of each of the
 100 wnids are added: the paper's 131,689 images are 126,689 train + 5,000 val (docs/PROTOCOL.md).
-The val images are read in the layout most copies use, a `val` folder next to `train` sorted
-into wnid folders (`val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG`, as made by the devkit's ground
+The val images are read in the layout most copies use, a `val` (or `ILSVRC2012_img_val`)
+folder next to `train` sorted into wnid folders (`val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG`, as made by the devkit's ground
 truth or the PyTorch ImageNet example's valprep.sh). The official ILSVRC2012_img_val archive
 unpacks to one flat folder whose labels sit in the devkit; that folder is refused with a note
 on how to sort it. Their `filename` is "val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG", so they never
@@ -26,14 +26,16 @@ from rssc_mlflow.data.builders.common import (
 from rssc_mlflow.data.catalog import IMAGENET_VAL_PER_CLASS, DatasetSpec, get_spec
 
 VAL_DIR = "val"
-VAL_PREFIX = "val/"  # of the val images' filenames
+# Folder names of the val images next to train/, first found wins: ours, then the archive's.
+VAL_DIRS = (VAL_DIR, "ILSVRC2012_img_val")
+VAL_PREFIX = "val/"  # of the val images' filenames, whatever the folder is called
 
 
 def scan_imagenet(spec: DatasetSpec, manual_dir: Path, *, with_val: bool = False) -> BuildPlan:
     wnids = set(spec.classes)
     best: tuple[int, Path] | None = None
     for cand in root_candidates(manual_dir, spec.archive_root):
-        if cand.name.lower() == VAL_DIR:  # holds the same wnid folders; never the train folder
+        if cand.name.lower() in {v.lower() for v in VAL_DIRS}:  # same wnids; never train
             continue
         hits = sum(1 for d in subdirs(cand) if d.name in wnids)
         if hits and (best is None or hits > best[0]):
@@ -52,7 +54,7 @@ def scan_imagenet(spec: DatasetSpec, manual_dir: Path, *, with_val: bool = False
 
 def _val_folder(spec: DatasetSpec, manual_dir: Path, train: Path) -> Path:
     """The `val/<wnid>/` folder next to the train folder, refusing a flat official one."""
-    val = child_ci(train.parent, VAL_DIR)
+    val = next(filter(None, (child_ci(train.parent, name) for name in VAL_DIRS)), None)
     if val is None:
         raise layout_error(spec, manual_dir, f"--with-val: no '{VAL_DIR}' folder next to the "
                            f"train folder '{train}'. Put the ILSVRC2012 validation images "
