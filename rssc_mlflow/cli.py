@@ -402,6 +402,7 @@ def reproduce(
     throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models (many short runs, e.g. on a CPU) instead of one process per run.")] = False,
+    gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
 ) -> None:
     """Run the paper's grid in dependency order; re-running skips what is already done."""
     from rssc_mlflow.results.reproduce import reproduce as run_grid
@@ -411,7 +412,8 @@ def reproduce(
                       seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
                       backend=backend, backend_config=backend_config, parallel=parallel,
                       throughput=throughput, log_model_finetune=log_model_finetune,
-                      reuse_models=reuse_models, progress=lambda m: typer.echo(m, err=True))
+                      reuse_models=reuse_models, gpus_per_run=gpus_per_run,
+                      progress=lambda m: typer.echo(m, err=True))
     typer.echo(report.table())
     if not report.ok:
         raise typer.Exit(1)
@@ -429,6 +431,7 @@ def transfer(
     throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models.")] = False,
+    gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
 ) -> None:
     """The transfer row of TARGET: scratch fine-tuning, then probe and fine-tuning from every
@@ -440,7 +443,7 @@ def transfer(
                      seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
                      parallel=parallel, throughput=throughput,
                      log_model_finetune=log_model_finetune, reuse_models=reuse_models,
-                     progress=lambda m: typer.echo(m, err=True))
+                     gpus_per_run=gpus_per_run, progress=lambda m: typer.echo(m, err=True))
     typer.echo(report.table())
     if as_json:
         as_json.write_text(json.dumps(report.to_json(), indent=1, default=str))

@@ -84,3 +84,12 @@ def test_target_not_prepared_names_the_command(data_dir):
                                  "--profile", "smoke"])
     assert result.exit_code == 1
     assert "rssc prepare aid --manual-dir" in result.stderr
+
+
+def test_reproduce_gpus_per_run_refuses_too_many_gpus(data_dir, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    result = runner.invoke(app, ["reproduce", "--profile", "smoke", "--only", "table3",
+                                 "--parallel", "2", "--gpus-per-run", "2"])
+    assert result.exit_code == 1
+    assert "needs 4 GPUs, but only 2 are available" in result.output
+    assert "Received: parallel=2, gpus_per_run=2" in result.output
