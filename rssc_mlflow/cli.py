@@ -376,6 +376,7 @@ def summarize(
     experiment: Annotated[Optional[str], typer.Option(help="Experiment to read (default: the one runs go to, MLFLOW_EXPERIMENT_NAME or rssc; '' = all experiments).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the tables, figures and summary.html.")] = Path("rssc_outputs/summary"),
     multilabel_metric: Annotated[str, typer.Option(help="f1_micro, f1_macro, f1_weighted, f1_samples or map.")] = "f1_micro",
+    pool_precision: Annotated[bool, typer.Option("--pool-precision/--no-pool-precision", help="Let runs that differ only in precision (float32/mixed) or GPU count share a cell; each such cell's footnote says what it pooled.")] = False,
 ) -> None:
     """Rebuild Tables II-IV and Figures 1-3 from the tracking store, next to the paper's numbers."""
     from rssc_mlflow.results.summarize import summarize as build
@@ -383,7 +384,8 @@ def summarize(
 
     if experiment is None:
         experiment = experiment_name()
-    result = build(experiment or None, out, multilabel_metric=multilabel_metric)
+    result = build(experiment or None, out, multilabel_metric=multilabel_metric,
+                   pool_precision=pool_precision)
     typer.echo(result.console)
     typer.echo(f"\nwritten to {result.out} (open {result.out / 'summary.html'}); "
                f"logged as run {result.run_id}")
@@ -542,7 +544,8 @@ def server(
 
 
 # Options that are flags on the command line and "true"/"false" as MLproject parameters.
-_FLAGS = ("--standardize", "--log-model", "--allow-any-version", "--plan", "--log-model-finetune")
+_FLAGS = ("--standardize", "--log-model", "--allow-any-version", "--plan", "--log-model-finetune",
+          "--pool-precision")
 
 
 def run_entry_point(command: str, argv: list[str], positional: int = 0) -> None:
