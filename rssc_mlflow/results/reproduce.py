@@ -861,7 +861,16 @@ def expected_replicas(backend: str, slots: list[str] | None) -> int:
         return devices.replicas_for(slots[0])
     if backend == "kubernetes":
         return 1  # the job's GPUs are the template's; one GPU per job is what it ships with
-    return devices.replicas_for(",".join(devices.visible_gpus()))
+    replicas = devices.replicas_for(",".join(devices.visible_gpus()))
+    return replicas if replicas == 1 or _tensorflow_uses_gpus() else 1
+
+
+def _tensorflow_uses_gpus() -> bool:
+    """Whether the installed TensorFlow is a CUDA build (a CPU build on a GPU server trains on
+    one CPU replica). Importing it does not initialise CUDA, so no GPU memory is taken."""
+    import tensorflow as tf
+
+    return bool(tf.sysconfig.get_build_info().get("is_cuda_build", False))
 
 
 def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
@@ -875,6 +884,9 @@ def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
     planned = report.planned
     slots = gpu_slots(backend, parallel, gpus_per_run)
     replicas = expected_replicas(backend, slots)
+    if slots is not None or replicas > 1:
+        gpus = "; ".join(f"worker {i + 1}: {s or 'no GPU'}" for i, s in enumerate(slots or []))
+        progress(f"each run trains on {replicas} replica(s)" + (f" ({gpus})" if gpus else ""))
     problems = _missing_prerequisites(planned)
     runner: _Local | _Workers | _Kubernetes | None = None
     if plan_only:

@@ -287,6 +287,8 @@ def test_parallel_local_uses_subprocesses(isolated_environment: Path,
 
     _prepare(isolated_environment)
     monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
+    # No GPU: reproduce counts GPUs with `nvidia-smi -L`, which the fake Popen would answer.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     running: list[int] = []
     peak = [0]
     argvs: list[list[str]] = []
@@ -499,3 +501,15 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     assert [r.status for r in third.planned] == ["done"] * 6
     assert {r.run_id for r in third.planned} == {r.info.run_id for r in finished}
     assert third.todo_gpu_hours == 0
+
+
+def test_expected_replicas_without_tensorflow_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert rep.expected_replicas("local", ["0,1", "2,3"]) == 2
+    assert rep.expected_replicas("local", ["", ""]) == 1  # --gpus-per-run 0: CPU runs
+    assert rep.expected_replicas("kubernetes", None) == 1
+    # A CPU build of TensorFlow on a GPU server trains on one replica: look its runs up so.
+    monkeypatch.setattr(rep, "_tensorflow_uses_gpus", lambda: False)
+    assert rep.expected_replicas("local", None) == 1
+    monkeypatch.setattr(rep, "_tensorflow_uses_gpus", lambda: True)
+    assert rep.expected_replicas("local", None) == 4
