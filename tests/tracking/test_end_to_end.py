@@ -366,3 +366,17 @@ def test_a_batch_that_does_not_split_over_the_replicas_starts_no_run(world, stor
                                         r"Received: batch_size=8, replicas=3"):
         commands.finetune("scratch", "ucm", log_model=False, epochs=1, batch_size=8, **SMOKE)
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+
+
+def test_registered_versions_carry_the_pooled_fingerprint(pretrained, store):
+    mv = store.get_model_version(pretrained.model_name, pretrained.model_version)
+    # Float32 on one replica: the pooled key is the fingerprint itself.
+    assert mv.tags[registry.MV_FINGERPRINT_POOLED] == mv.tags[registry.MV_FINGERPRINT]
+    source = registry.resolve_source("resisc45", profile="smoke")
+    assert source.pooled_fingerprint == mv.tags[registry.MV_FINGERPRINT]
+    # A version registered before the pooled key existed pools under its fingerprint.
+    old = registry.ResolvedSource("x", "registered", "scratch", "unit", fingerprint="f-old")
+    assert old.pooled_fingerprint == "f-old"
+    mixed = registry.ResolvedSource("x", "registered", "scratch", "unit", fingerprint="f-mixed",
+                                    pooled_fingerprint_tag="f-pooled")
+    assert mixed.pooled_fingerprint == "f-pooled"
