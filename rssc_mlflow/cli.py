@@ -385,6 +385,7 @@ def summarize(
     experiment: Annotated[Optional[str], typer.Option(help="Experiment to read (default: the one runs go to, MLFLOW_EXPERIMENT_NAME or rssc; '' = all experiments).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the tables, figures and summary.html.")] = Path("rssc_outputs/summary"),
     multilabel_metric: Annotated[str, typer.Option(help="f1_micro, f1_macro, f1_weighted, f1_samples or map.")] = "f1_micro",
+    pool_precision: Annotated[bool, typer.Option("--pool-precision/--no-pool-precision", help="Let runs that differ only in precision (float32/mixed) or GPU count share a cell; each such cell's footnote says what it pooled.")] = False,
 ) -> None:
     """Rebuild Tables II-IV and Figures 1-3 from the tracking store, next to the paper's numbers."""
     from rssc_mlflow.results.summarize import summarize as build
@@ -392,7 +393,8 @@ def summarize(
 
     if experiment is None:
         experiment = experiment_name()
-    result = build(experiment or None, out, multilabel_metric=multilabel_metric)
+    result = build(experiment or None, out, multilabel_metric=multilabel_metric,
+                   pool_precision=pool_precision)
     typer.echo(result.console)
     typer.echo(f"\nwritten to {result.out} (open {result.out / 'summary.html'}); "
                f"logged as run {result.run_id}")
@@ -411,6 +413,7 @@ def reproduce(
     throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models (many short runs, e.g. on a CPU) instead of one process per run.")] = False,
+    gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
 ) -> None:
     """Run the paper's grid in dependency order; re-running skips what is already done."""
     from rssc_mlflow.results.reproduce import reproduce as run_grid
@@ -420,7 +423,8 @@ def reproduce(
                       seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
                       backend=backend, backend_config=backend_config, parallel=parallel,
                       throughput=throughput, log_model_finetune=log_model_finetune,
-                      reuse_models=reuse_models, progress=lambda m: typer.echo(m, err=True))
+                      reuse_models=reuse_models, gpus_per_run=gpus_per_run,
+                      progress=lambda m: typer.echo(m, err=True))
     typer.echo(report.table())
     if not report.ok:
         raise typer.Exit(1)
@@ -438,6 +442,7 @@ def transfer(
     throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models.")] = False,
+    gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
 ) -> None:
     """The transfer row of TARGET: scratch fine-tuning, then probe and fine-tuning from every
@@ -449,7 +454,7 @@ def transfer(
                      seeds=[int(s) for s in split_list(seeds)], plan_only=plan,
                      parallel=parallel, throughput=throughput,
                      log_model_finetune=log_model_finetune, reuse_models=reuse_models,
-                     progress=lambda m: typer.echo(m, err=True))
+                     gpus_per_run=gpus_per_run, progress=lambda m: typer.echo(m, err=True))
     typer.echo(report.table())
     if as_json:
         as_json.write_text(json.dumps(report.to_json(), indent=1, default=str))
@@ -548,7 +553,8 @@ def server(
 
 
 # Options that are flags on the command line and "true"/"false" as MLproject parameters.
-_FLAGS = ("--standardize", "--log-model", "--allow-any-version", "--plan", "--log-model-finetune")
+_FLAGS = ("--standardize", "--log-model", "--allow-any-version", "--plan", "--log-model-finetune",
+          "--pool-precision")
 
 
 def run_entry_point(command: str, argv: list[str], positional: int = 0) -> None:

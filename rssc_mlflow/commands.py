@@ -158,6 +158,9 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
         runs.TAG_PROFILE: settings.profile, runs.TAG_SEED: str(settings.seed),
         runs.TAG_SYNTHETIC: str(_synthetic(data, source)).lower(),
         runs.TAG_FINGERPRINT: fingerprint, runs.TAG_DATASET_DIGEST: data.prepared.manifest_digest,
+        # The cell `summarize --pool-precision` puts it in: precision and replicas left out.
+        runs.TAG_FINGERPRINT_POOLED: _fingerprint(settings, source, _synthetic(data, source),
+                                                  pool_precision=True),
         runs.TAG_SPLIT_DIGEST: data.split.digest, runs.TAG_PREPROCESSING: preprocessing,
     }
     synthetic = _synthetic(data, source)
@@ -276,6 +279,12 @@ def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
     return settings.stage, settings
 
 
+def _logged_replicas(run_id: str) -> int | None:
+    """The replica count a run logged (None: logged before runs recorded it)."""
+    value = mlflow.MlflowClient().get_run(run_id).data.params.get(REPLICAS_PARAM)
+    return int(value) if value else None
+
+
 def gpu_warning(profile: str) -> str:
     """The warning for a `paper` run on a machine where TensorFlow sees no GPU, else ""."""
     import tensorflow as tf
@@ -318,18 +327,50 @@ def _user_spec_digest(settings: RunSettings) -> str:
     return spec.spec_digest if spec.origin == "user" else ""
 
 
-def _fingerprint(settings: RunSettings, source: registry.ResolvedSource, synthetic: bool) -> str:
+def _fingerprint(settings: RunSettings, source: registry.ResolvedSource, synthetic: bool,
+                 replicas: int = 1, *, pool_precision: bool = False) -> str:
+    """`pool_precision`: precision and replicas left out, the upstream's pooled key too."""
     peak_lr, warmup = _rates(settings, source)
+    upstream = source.pooled_fingerprint if pool_precision else source.fingerprint
     return protocol_fingerprint(settings, preprocessing=source.preprocessing, peak_lr=peak_lr,
-                                synthetic=synthetic, warmup_epochs=warmup,
-                                upstream=source.fingerprint,
-                                dataset_spec=_user_spec_digest(settings))
+                                synthetic=synthetic, warmup_epochs=warmup, upstream=upstream,
+                                dataset_spec=_user_spec_digest(settings), replicas=replicas,
+                                pool_precision=pool_precision)
 
 
-def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any) -> str:
+REPLICAS_PARAM = "replicas"
+
+
+def batch_split(batch_size: int, replicas: int) -> dict[str, int]:
+    """The global batch (the profile's or --batch-size) split over the replicas: each replica
+    takes an equal share of every batch, as MirroredStrategy splits what the dataset yields."""
+    if batch_size % replicas:
+        raise RsscError(
+            f"The global batch size {batch_size} does not split evenly over {replicas} "
+            f"replicas (GPUs). Received: batch_size={batch_size}, replicas={replicas}. Pass "
+            f"--batch-size a multiple of {replicas}, or give the run a number of GPUs that "
+            f"divides {batch_size} (CUDA_VISIBLE_DEVICES, or reproduce --gpus-per-run).")
+    return {REPLICAS_PARAM: replicas, "global_batch_size": batch_size,
+            "per_replica_batch_size": batch_size // replicas}
+
+
+def _check_resume_replicas(resume: str | None, replicas: int) -> None:
+    """A resumed run continues on as many replicas as it started with: its fingerprint (and
+    its BatchNorm statistics) depend on it."""
+    logged = _logged_replicas(resume) if resume else None
+    if logged is not None and logged != replicas:
+        raise RsscError(
+            f"Run {resume} trained on {logged} replica(s), but this process sees {replicas}. "
+            f"Received: replicas={replicas}. Resume it where TensorFlow sees {logged} GPU(s) "
+            f"(set CUDA_VISIBLE_DEVICES), so that it stays in its cell.")
+
+
+def fingerprint_for(stage: str, *, source: str, target: str = "", replicas: int = 1,
+                    **params: Any) -> str:
     """The protocol fingerprint a run of `stage` would get, without running it (for `reproduce`).
 
     Raises like the command would (dataset not prepared, source not registered yet).
+    `replicas`: the GPUs the run will train on (reproduce knows them without TensorFlow).
     """
     settings = resolve_settings(stage, source=source, target=target, **params)
     key = settings.target or settings.source
@@ -337,7 +378,8 @@ def fingerprint_for(stage: str, *, source: str, target: str = "", **params: Any)
     resolved = registry.resolve_source(reference, profile=settings.profile,
                                        preprocessing=settings.preprocessing,
                                        allow_any_version=settings.allow_any_version)
-    return _fingerprint(settings, resolved, load_prepared(key).synthetic or resolved.synthetic)
+    return _fingerprint(settings, resolved, load_prepared(key).synthetic or resolved.synthetic,
+                        replicas)
 
 
 # --- Training stages -------------------------------------------------------------------------
@@ -353,7 +395,14 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
     preprocessing = source.preprocessing
     profile = get_profile(settings.profile)
     peak_lr, prof_warmup = _rates(settings, source)
-    fingerprint = _fingerprint(settings, source, _synthetic(data, source))
+    # The strategy before the run opens: its replica count joins the fingerprint, and a batch
+    # it cannot split is refused before any run exists.
+    policy = models.set_precision(settings.precision)
+    strategy = models.make_strategy(settings.strategy)
+    batches = batch_split(settings.batch_size, strategy.num_replicas_in_sync)
+    _check_resume_replicas(resume, batches[REPLICAS_PARAM])
+    fingerprint = _fingerprint(settings, source, _synthetic(data, source),
+                               batches[REPLICAS_PARAM])
     _announce_source(settings, source)
     spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
@@ -363,16 +412,14 @@ def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
         _record_inputs(data, settings, fingerprint, preprocessing, source,
                        log_model=log_model if settings.stage == "finetune" else None)
         runs.log_params({"bn_momentum": BN_MOMENTUM_KERAS if profile.bn_momentum is None
-                         else profile.bn_momentum})
+                         else profile.bn_momentum, **batches})
         checkpoint_dir = config.checkpoint_dir() / run_id
         mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
         hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
         hold.enter_context(_checkpoint_note_on_interrupt(
             settings.stage, run_id, checkpoint_dir, settings.epochs,
             kept=profile.checkpoint_every_epoch))
-        policy = models.set_precision(settings.precision)
         mlflow.set_tag("rssc.dtype_policy", policy)
-        strategy = models.make_strategy(settings.strategy)
         model_pool.set_random_seed(settings.seed)  # the same run whatever ran before it
         if config.op_determinism():
             models.enable_op_determinism()
@@ -548,7 +595,9 @@ def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray
         if register_as:
             name, version = registry.register(
                 model, card=card, source_key=data_key, init=register_as,
-                profile=settings.profile, fingerprint=fingerprint)
+                profile=settings.profile, fingerprint=fingerprint,
+                pooled_fingerprint=_fingerprint(settings, source, _synthetic(data, source),
+                                                pool_precision=True))
             runs.announce(f"registered {name} version {version} as @{settings.profile}")
         else:
             registry.log_model(model, card=card)

@@ -150,16 +150,32 @@ def resolve_settings(
     )
 
 
+def setup_fields(settings: RunSettings, replicas: int) -> dict[str, Any]:
+    """Precision and replica count as fingerprint fields, each only when it is not float32 /
+    one replica: runs logged before they counted keep their fingerprint."""
+    fields: dict[str, Any] = {}
+    if settings.precision != "float32":
+        fields["precision"] = settings.precision
+    if replicas != 1 and settings.stage in TRAINING_STAGES:  # only training splits a batch
+        fields["replicas"] = int(replicas)
+    return fields
+
+
 def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: float,
                          synthetic: bool, warmup_epochs: int, upstream: str = "",
-                         dataset_spec: str = "") -> str:
+                         dataset_spec: str = "", replicas: int = 1,
+                         pool_precision: bool = False) -> str:
     """A short hash of everything that makes two results comparable.
 
     `upstream` is the fingerprint of the pre-trained model a transfer run starts from, so a
     fine-tune of a `demo` backbone never shares a cell with one of a `paper` backbone.
     `dataset_spec` is the spec digest of a user's dataset (`rssc datasets add`): a dataset
     registered again under the same name with other images or classes is another cell.
-    Seeds, precision, strategy and where the run happened are left out on purpose: runs that
+    Precision and, for training stages, the replica count (`replicas`, GPUs the batch is
+    split over) are part of it: mixed precision rounds differently, and each replica's
+    BatchNorm sees only its share of the batch. `pool_precision` leaves both out: the key
+    under which `summarize --pool-precision` pools runs that differ only in those.
+    Seeds, strategy and where the run happened are left out on purpose: runs that
     differ only in those are repetitions of the same cell.
     """
     comparable = {
@@ -188,5 +204,7 @@ def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: 
         comparable["schedule_steps"] = settings.schedule_steps  # absent for paper: keys hold
     if dataset_spec:
         comparable["dataset_spec"] = dataset_spec  # absent for catalog datasets: keys hold
+    if not pool_precision:
+        comparable.update(setup_fields(settings, replicas))
     blob = json.dumps(comparable, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

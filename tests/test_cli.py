@@ -94,3 +94,31 @@ def test_target_not_prepared_names_the_command(data_dir):
                                  "--profile", "smoke"])
     assert result.exit_code == 1
     assert "rssc prepare aid --manual-dir" in result.stderr
+
+
+def test_reproduce_gpus_per_run_refuses_too_many_gpus(data_dir, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    result = runner.invoke(app, ["reproduce", "--profile", "smoke", "--only", "table3",
+                                 "--parallel", "2", "--gpus-per-run", "2"])
+    assert result.exit_code == 1
+    assert "needs 4 GPUs, but only 2 are available" in result.output
+    assert "Received: parallel=2, gpus_per_run=2" in result.output
+
+
+def test_summarize_pool_precision_reaches_summarize(monkeypatch, tmp_path):
+    from rssc_mlflow.cli import run_entry_point
+    from rssc_mlflow.results import summarize as summarize_mod
+
+    asked = []
+
+    def fake(experiment, out, **kwargs):
+        asked.append(kwargs["pool_precision"])
+        return type("Result", (), {"console": "", "out": tmp_path, "run_id": "r"})()
+
+    monkeypatch.setattr(summarize_mod, "summarize", fake)
+    assert runner.invoke(app, ["summarize", "--pool-precision"]).exit_code == 0
+    assert runner.invoke(app, ["summarize"]).exit_code == 0
+    with pytest.raises(SystemExit) as done:  # the MLproject entry point: -P pool_precision=true
+        run_entry_point("summarize", ["--pool_precision", "true"])
+    assert done.value.code in (0, None)
+    assert asked == [True, False, True]

@@ -75,3 +75,31 @@ def test_data_params_record_prepare_options_and_the_shuffle(
     probe = SimpleNamespace(stage="probe", image_size=256)  # no training pipeline: no shuffle
     assert commands._data_params(_data(10, {"tiff_as_jpeg": 75}), probe) == {
         "dataset_options": "tiff_as_jpeg=75"}
+
+
+def test_batch_split_over_replicas() -> None:
+    from rssc_mlflow.errors import RsscError
+
+    assert commands.batch_split(64, 4) == {"replicas": 4, "global_batch_size": 64,
+                                           "per_replica_batch_size": 16}
+    assert commands.batch_split(8, 1)["per_replica_batch_size"] == 8
+    with pytest.raises(RsscError, match=r"64 does not split evenly over 3 replicas.*"
+                                        r"Received: batch_size=64, replicas=3.*multiple of 3"):
+        commands.batch_split(64, 3)
+
+
+def test_resume_on_another_replica_count_is_refused(isolated_environment: Path) -> None:
+    import mlflow
+
+    from rssc_mlflow.errors import RsscError
+
+    with mlflow.start_run() as two:
+        mlflow.log_param("replicas", "2")
+    with mlflow.start_run() as old:  # logged before runs recorded their replicas
+        pass
+    commands._check_resume_replicas(two.info.run_id, 2)
+    commands._check_resume_replicas(old.info.run_id, 4)
+    commands._check_resume_replicas(None, 4)
+    with pytest.raises(RsscError, match=r"trained on 2 replica\(s\), but this process sees 1\. "
+                                        r"Received: replicas=1.*CUDA_VISIBLE_DEVICES"):
+        commands._check_resume_replicas(two.info.run_id, 1)

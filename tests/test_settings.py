@@ -52,3 +52,34 @@ def test_authors_schedule_steps_is_another_cell_and_paper_keeps_old_cells() -> N
     assert fingerprint(paper) == v1_fingerprint(paper)
     assert fingerprint(authors) != fingerprint(paper)
     assert protocol.SCHEDULE_STEPS == ("paper", "authors")
+
+
+def test_float32_on_one_replica_keeps_the_old_fingerprint() -> None:
+    finetune = resolve_settings("finetune", source="scratch", target="ucm")
+    assert fingerprint(finetune) == v1_fingerprint(finetune)
+    assert fingerprint(finetune, replicas=1) == v1_fingerprint(finetune)
+
+
+def test_mixed_precision_and_several_replicas_are_other_cells() -> None:
+    float32 = resolve_settings("finetune", source="scratch", target="ucm")
+    mixed = resolve_settings("finetune", source="scratch", target="ucm", precision="mixed")
+    four_gpus = fingerprint(float32, replicas=4)
+    assert len({fingerprint(float32), fingerprint(mixed), four_gpus,
+                fingerprint(mixed, replicas=4)}) == 4
+    assert fingerprint(float32, replicas=2) != four_gpus
+
+
+def test_pool_precision_leaves_precision_and_replicas_out() -> None:
+    float32 = resolve_settings("finetune", source="scratch", target="ucm")
+    mixed = resolve_settings("finetune", source="scratch", target="ucm", precision="mixed")
+    pooled = {fingerprint(s, replicas=r, pool_precision=True)
+              for s in (float32, mixed) for r in (1, 4)}
+    assert pooled == {v1_fingerprint(float32)}
+
+
+def test_replicas_count_only_for_training_stages() -> None:
+    # A probe trains no network on several GPUs: its replicas argument changes nothing.
+    probe = resolve_settings("probe", source="imagenet", target="ucm")
+    assert fingerprint(probe, replicas=4) == fingerprint(probe)
+    mixed = resolve_settings("probe", source="imagenet", target="ucm", precision="mixed")
+    assert fingerprint(mixed) != fingerprint(probe)  # mixed-precision features round otherwise

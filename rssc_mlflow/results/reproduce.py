@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import mlflow
 
-from rssc_mlflow import protocol
+from rssc_mlflow import devices, protocol
 from rssc_mlflow.data import splits
 from rssc_mlflow.data.catalog import CATALOG, get_spec
 from rssc_mlflow.errors import DatasetError, RsscError
@@ -367,7 +367,7 @@ def interrupted_runs() -> dict[tuple[str, str, str, str, str], list[mlflow.entit
 
 def _find_interrupted(run: PlannedRun,
                       index: dict[tuple[str, str, str, str, str], list[mlflow.entities.Run]],
-                      profile: str) -> str:
+                      profile: str, replicas: int = 1) -> str:
     """The id of the newest interrupted run of this cell that can continue here, or ""."""
     prefix = (run.stage, run.source, run.target, str(run.seed))
     if not any(k[:4] == prefix for k in index):
@@ -377,7 +377,7 @@ def _find_interrupted(run: PlannedRun,
     if not run.fingerprint:
         run.fingerprint = commands.fingerprint_for(run.stage, source=run.source,
                                                    target=run.target, profile=profile,
-                                                   seed=run.seed)
+                                                   seed=run.seed, replicas=replicas)
     for candidate in index.get((*prefix, run.fingerprint), []):
         if commands.can_resume(candidate):
             return candidate.info.run_id
@@ -385,7 +385,7 @@ def _find_interrupted(run: PlannedRun,
 
 
 def _find_done(run: PlannedRun, index: dict[tuple[str, str, str, str, str], str],
-               profile: str) -> str | None:
+               profile: str, replicas: int = 1) -> str | None:
     """The id of a FINISHED run equal to `run`, or None (fingerprint computed only if needed)."""
     prefix = (run.stage, run.source, run.target, str(run.seed))
     if not any(k[:4] == prefix for k in index):  # nothing to compare with: skip the fingerprint
@@ -393,7 +393,7 @@ def _find_done(run: PlannedRun, index: dict[tuple[str, str, str, str, str], str]
     from rssc_mlflow import commands  # TensorFlow: only once there is something to compare
 
     run.fingerprint = commands.fingerprint_for(run.stage, source=run.source, target=run.target,
-                                               profile=profile, seed=run.seed)
+                                               profile=profile, seed=run.seed, replicas=replicas)
     return index.get((*prefix, run.fingerprint))
 
 
@@ -451,13 +451,19 @@ def _run_stage(stage: str, source: str, target: str, profile: str, seed: int,
 
 
 class _Local:
-    """In-process calls of `commands.*` (TensorFlow imported once), or subprocesses if parallel."""
+    """In-process calls of `commands.*` (TensorFlow imported once), or subprocesses if parallel.
 
-    def __init__(self, profile: str, parallel: int, log_model_finetune: bool) -> None:
+    `slots`: the CUDA_VISIBLE_DEVICES of each of the `parallel` subprocesses (`--gpus-per-run`);
+    then every run is a subprocess, even alone, since this process may already hold all GPUs.
+    """
+
+    def __init__(self, profile: str, parallel: int, log_model_finetune: bool,
+                 slots: list[str] | None = None) -> None:
         self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
+        self.slots = slots
 
     def run_wave(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
-        if self.parallel > 1 and len(wave) > 1:
+        if self.slots is not None or (self.parallel > 1 and len(wave) > 1):
             self._subprocesses(wave, say)
             return
         for run in wave:
@@ -492,27 +498,36 @@ class _Local:
             argv += ["--resume", run.resume_id]
         return argv
 
-    def _subprocesses(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
+    def env(self, slot: int) -> dict[str, str]:
+        """The environment of the subprocess that runs in `slot` (0 .. parallel-1)."""
         # The children must write to the store this process reads, even if it was set in code.
         env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+        if self.slots is not None:
+            env.update(devices.worker_env(self.slots[slot]))
+        return env
+
+    def _subprocesses(self, wave: list[PlannedRun], say: Callable[[PlannedRun, str], None]) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         pending, active = list(wave), []
+        free = list(range(self.parallel))  # a finished run hands its slot (its GPUs) on
         while pending or active:
-            while pending and len(active) < self.parallel:
-                run = pending.pop(0)
+            while pending and free:
+                run, slot = pending.pop(0), free.pop(0)
                 name = f"{run.stage}-{run.source}-{run.target or 'none'}-seed{run.seed}"
                 log = LOG_DIR / f"{name}.log"
                 with log.open("w") as fh:
                     proc = subprocess.Popen(self.argv(run), stdout=fh, stderr=subprocess.STDOUT,
-                                            env=env)
-                say(run, f"... (pid {proc.pid}, log {log})")
-                active.append((run, proc, log, time.monotonic()))
+                                            env=self.env(slot))
+                gpus = f", GPUs {self.slots[slot] or 'none'}" if self.slots is not None else ""
+                say(run, f"... (pid {proc.pid}{gpus}, log {log})")
+                active.append((run, proc, log, time.monotonic(), slot))
             time.sleep(_POLL_S)
             for item in list(active):
-                run, proc, log, started = item
+                run, proc, log, started, slot = item
                 if proc.poll() is None:
                     continue
                 active.remove(item)
+                free.append(slot)
                 text = log.read_text(errors="replace") if log.exists() else ""
                 found = re.search(r"^run (\w+) FINISHED(.*)$", text, re.MULTILINE)
                 if proc.returncode == 0 and found:
@@ -538,9 +553,16 @@ class _Workers:
     raises fails alone; a worker that dies (out of memory) fails the runs it still held.
     """
 
-    def __init__(self, profile: str, parallel: int, log_model_finetune: bool) -> None:
+    def __init__(self, profile: str, parallel: int, log_model_finetune: bool,
+                 slots: list[str] | None = None) -> None:
         self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
+        self.slots = slots  # the CUDA_VISIBLE_DEVICES of each worker (`--gpus-per-run`)
         self._executors: list[concurrent.futures.ProcessPoolExecutor] = []
+
+    def initargs(self, i: int) -> tuple[str, str, dict[str, str]]:
+        """What worker i starts with: its log file, the store, and its environment."""
+        env = devices.worker_env(self.slots[i]) if self.slots is not None else {}
+        return (str((LOG_DIR / f"worker-{i + 1}.log").resolve()), mlflow.get_tracking_uri(), env)
 
     def _start(self) -> None:
         import multiprocessing
@@ -549,9 +571,7 @@ class _Workers:
         context = multiprocessing.get_context("spawn")  # never fork a process holding TensorFlow
         self._executors = [
             concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=context, initializer=_worker_start,
-                initargs=(str((LOG_DIR / f"worker-{i + 1}.log").resolve()),
-                          mlflow.get_tracking_uri()))
+                1, mp_context=context, initializer=_worker_start, initargs=self.initargs(i))
             for i in range(self.parallel)]
 
     def close(self) -> None:
@@ -605,10 +625,15 @@ class _Workers:
             self.close()
 
 
-def _worker_start(log_path: str, tracking_uri: str) -> None:
-    """In each worker: output to its log file, the parent's store, the model pool on."""
+def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None = None) -> None:
+    """In each worker: its GPUs, output to its log file, the parent's store, the model pool on.
+
+    `env` first: CUDA reads CUDA_VISIBLE_DEVICES when TensorFlow first initialises it, which
+    happens in the first run, after this (a spawned worker has not imported TensorFlow yet).
+    """
     import logging
 
+    os.environ.update(env or {})
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)  # TensorFlow's C++ messages too, not only Python's
     os.dup2(fd, 2)
@@ -793,11 +818,14 @@ def reproduce(
     reuse_models: bool = False,
     progress: Progress = print,
     targets: Sequence[str] | None = None,
+    gpus_per_run: int | None = None,
 ) -> ReproduceReport:
     """Plan the runs of the selected tables/figures and run those not yet done (see module doc).
 
     `reuse_models` (local backend): runs go to `parallel` long-lived worker processes that
     reuse compiled models (`_Workers`) instead of one process per run.
+    `gpus_per_run` (local backend): each of the `parallel` worker processes sees only its own
+    GPUs (`devices.assign_devices`); None: every process sees every GPU, as before.
 
     Raises RsscError before any run when a dataset is not prepared, the ImageNet weights are
     missing while a run needs them, or the kubernetes backend is not configured (with
@@ -812,17 +840,53 @@ def reproduce(
                              throughput, plan_only, planned)
     return run_planned(report, backend_config=backend_config, parallel=parallel,
                        log_model_finetune=log_model_finetune, reuse_models=reuse_models,
-                       progress=progress)
+                       progress=progress, gpus_per_run=gpus_per_run)
+
+
+def gpu_slots(backend: str, parallel: int, gpus_per_run: int | None) -> list[str] | None:
+    """The CUDA_VISIBLE_DEVICES of each worker, or None (`gpus_per_run` not given)."""
+    if gpus_per_run is None:
+        return None
+    if backend == "kubernetes":
+        raise RsscError(f"--gpus-per-run applies to the local backend. Received: backend="
+                        f"{backend}, gpus_per_run={gpus_per_run}. On Kubernetes each job gets "
+                        "the GPUs its job template requests (resources.limits nvidia.com/gpu).")
+    return devices.assign_devices(devices.visible_gpus(), parallel, gpus_per_run)
+
+
+def expected_replicas(backend: str, slots: list[str] | None) -> int:
+    """The replica count a run started here will have (it joins the fingerprint), without
+    TensorFlow: its slot's GPUs, else every GPU this machine shows (the `auto` strategy)."""
+    if slots is not None:
+        return devices.replicas_for(slots[0])
+    if backend == "kubernetes":
+        return 1  # the job's GPUs are the template's; one GPU per job is what it ships with
+    replicas = devices.replicas_for(",".join(devices.visible_gpus()))
+    return replicas if replicas == 1 or _tensorflow_uses_gpus() else 1
+
+
+def _tensorflow_uses_gpus() -> bool:
+    """Whether the installed TensorFlow is a CUDA build (a CPU build on a GPU server trains on
+    one CPU replica). Importing it does not initialise CUDA, so no GPU memory is taken."""
+    import tensorflow as tf
+
+    return bool(tf.sysconfig.get_build_info().get("is_cuda_build", False))
 
 
 def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
                 parallel: int = 1, log_model_finetune: bool = True, reuse_models: bool = False,
-                progress: Progress = print, command: str = "reproduce") -> ReproduceReport:
+                progress: Progress = print, command: str = "reproduce",
+                gpus_per_run: int | None = None) -> ReproduceReport:
     """Run `report.planned` (in its order, by waves) on `report.backend` as `reproduce` does:
     what is done is skipped, an interrupted training run continues, a failed run blocks its
     dependents. With `report.plan_only`, only the status of each run is filled in."""
     profile, backend, plan_only = report.profile, report.backend, report.plan_only
     planned = report.planned
+    slots = gpu_slots(backend, parallel, gpus_per_run)
+    replicas = expected_replicas(backend, slots)
+    if slots is not None or replicas > 1:
+        gpus = "; ".join(f"worker {i + 1}: {s or 'no GPU'}" for i, s in enumerate(slots or []))
+        progress(f"each run trains on {replicas} replica(s)" + (f" ({gpus})" if gpus else ""))
     problems = _missing_prerequisites(planned)
     runner: _Local | _Workers | _Kubernetes | None = None
     if plan_only:
@@ -839,9 +903,9 @@ def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
                          "server; the cluster's jobs cannot write to it (set MLFLOW_TRACKING_URI "
                          "to the team server).")
         elif reuse_models and parallel > 1:
-            runner = _Workers(profile, parallel, log_model_finetune)
+            runner = _Workers(profile, parallel, log_model_finetune, slots)
         else:
-            runner = _Local(profile, parallel, log_model_finetune)
+            runner = _Local(profile, parallel, log_model_finetune, slots)
         tags.check_tracking_reachable()
 
     total = len(planned)
@@ -864,7 +928,7 @@ def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
                     say(run, f"skipped: {run.reason}")
                     continue
                 try:
-                    done = _find_done(run, index, profile)
+                    done = _find_done(run, index, profile, replicas)
                 except RsscError as exc:  # plan only: upstream not registered yet, dataset missing
                     if not plan_only:
                         _failed(run, f"{type(exc).__name__}: {exc}", 0.0)
@@ -877,7 +941,7 @@ def run_planned(report: ReproduceReport, *, backend_config: Path | None = None,
                 elif plan_only:
                     say(run, f"todo: {run.image_steps:,} image-steps, {run.gpu_hours:.2f} GPU-hours")
                 else:
-                    run.resume_id = _find_interrupted(run, interrupted, profile)
+                    run.resume_id = _find_interrupted(run, interrupted, profile, replicas)
                     if run.resume_id:
                         say(run, f"continues interrupted run {run.resume_id} from its checkpoint")
                     todo.append(run)
@@ -906,6 +970,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-log-model-finetune", action="store_true")
     parser.add_argument("--reuse-models", action="store_true",
                         help="with --parallel N: N worker processes that reuse compiled models")
+    parser.add_argument("--gpus-per-run", type=int, default=None,
+                        help="with --parallel N: each worker sees only its own K GPUs")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     try:
@@ -914,7 +980,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=[int(s) for s in split_list(args.seeds)], plan_only=args.plan,
             backend=args.backend, backend_config=args.backend_config, parallel=args.parallel,
             throughput=args.throughput, log_model_finetune=not args.no_log_model_finetune,
-            reuse_models=args.reuse_models, progress=lambda m: print(m, file=sys.stderr, flush=True))
+            reuse_models=args.reuse_models, gpus_per_run=args.gpus_per_run,
+            progress=lambda m: print(m, file=sys.stderr, flush=True))
     except RsscError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

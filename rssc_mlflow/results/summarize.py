@@ -5,7 +5,10 @@
 and a console rendering; then it logs them all as artifacts of a new `summarize` run.
 
 Which runs a cell shows (documented, because a cell must never mix incomparable runs):
-1. Runs are grouped by (synthetic, quick profile, protocol fingerprint). Only one group is
+1. Runs are grouped by (synthetic, quick profile, protocol fingerprint). The fingerprint holds
+   precision and replica count (a mixed-precision or a 4-GPU run is another group than a
+   float32 one-GPU run); `--pool-precision` groups by the fingerprint without them, and the
+   footnote says which precisions and replica counts a pooled cell holds. Only one group is
    shown: real data before synthetic; then a meaningful profile before a quick one (a profile
    that fills cells cheaply on a CPU, `protocol.Profile.quick`); then the group with the most
    seeds; on a tie, the group holding the most recent run. The other groups are listed in a
@@ -30,6 +33,7 @@ banner is in the md, html, tex and console outputs.
 from __future__ import annotations
 
 import base64
+import collections
 import csv
 import dataclasses
 import html
@@ -61,6 +65,7 @@ BANNER = ("SYNTHETIC DATA: these numbers come from synthetic stand-in images and
           "comparable to the paper.")
 PAGE_SIZE = 1000  # runs per search page; the sqlite store answers 1,000 runs in about a second
 QUICK_MARK = "†"
+DEFAULT_SETUP = "float32 x1"  # precision and replica count of the paper's runs
 
 
 def is_quick(profile: str) -> bool:
@@ -86,14 +91,32 @@ class RunRecord:
     profile: str = ""
     has_predictions: bool = False  # tagged as carrying evaluation/predictions.npz
     artifact_uri: str = ""
+    pooled_fingerprint: str = ""  # without precision and replicas ("": logged before them)
+    precision: str = "float32"
+    replicas: str = "1"
 
     @property
     def quick(self) -> bool:
         return is_quick(self.profile)
 
+    @property
+    def setup(self) -> str:
+        """Precision and replica count, e.g. "mixed x4"."""
+        return f"{self.precision} x{self.replicas}"
+
+    def group_key(self, pool_precision: bool = False) -> str:
+        """The fingerprint a cell groups by; `pool_precision`: the one without precision and
+        replicas (a run logged before they joined the fingerprint: its fingerprint)."""
+        if pool_precision:
+            return self.pooled_fingerprint or self.fingerprint
+        if self.pooled_fingerprint or self.setup == DEFAULT_SETUP:
+            return self.fingerprint
+        # Logged before precision joined the fingerprint: kept apart all the same.
+        return f"{self.fingerprint}/{self.setup}"
+
     @classmethod
     def from_run(cls, run: Run) -> RunRecord:
-        tags = run.data.tags
+        tags, params = run.data.tags, tracking.effective_params(run.data.params)
         stage = tags.get(tracking.TAG_STAGE, "")
         return cls(
             run_id=run.info.run_id,
@@ -109,6 +132,9 @@ class RunRecord:
             profile=tags.get(tracking.TAG_PROFILE, ""),
             has_predictions=predictions_lib.TAG_PREDICTIONS in tags,
             artifact_uri=run.info.artifact_uri or "",
+            pooled_fingerprint=tags.get(tracking.TAG_FINGERPRINT_POOLED, ""),
+            precision=params.get("precision", "float32"),
+            replicas=params.get("replicas", "1"),
         )
 
 
@@ -121,11 +147,23 @@ class Variant:
     n: int
     quick: bool = False
     profiles: tuple[str, ...] = ()
+    setups: tuple[tuple[str, int], ...] = ()  # (precision and replicas, runs) it holds
+
+    @property
+    def pooled(self) -> str:
+        """What a pooled group holds, e.g. "float32 x1 (n=2), mixed x4 (n=1)"; "" if one kind."""
+        if len(self.setups) < 2:
+            return ""
+        return ", ".join(f"{setup} (n={n})" for setup, n in self.setups)
 
     def describe(self) -> str:
         data = "synthetic" if self.synthetic else "real"
         quick = f"quick profile {', '.join(self.profiles)}, " if self.quick else ""
-        return f"{data} data, {quick}fingerprint {self.fingerprint[:12] or '(none)'}, n={self.n}"
+        setup = next((s for s, _ in self.setups), DEFAULT_SETUP)
+        kind = (f"pooled {self.pooled}, " if self.pooled else
+                f"{setup}, " if setup != DEFAULT_SETUP else "")
+        fingerprint = self.fingerprint.split("/")[0][:12] or "(none)"
+        return f"{data} data, {quick}{kind}fingerprint {fingerprint}, n={self.n}"
 
 
 @dataclasses.dataclass
@@ -322,12 +360,14 @@ def _choose_group(groups: dict[Group, list[RunRecord]]) -> Group:
 
 
 def _variant(key: Group, recs: Sequence[RunRecord]) -> Variant:
+    setups = collections.Counter(r.setup for r in recs)
     return Variant(key[0], key[2], len(recs), key[1],
-                   tuple(sorted({r.profile for r in recs})) if key[1] else ())
+                   tuple(sorted({r.profile for r in recs})) if key[1] else (),
+                   tuple(sorted(setups.items(), key=lambda s: (s[0] != DEFAULT_SETUP, s[0]))))
 
 
 def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRecord],
-              multilabel_metric: str) -> CellResult:
+              multilabel_metric: str, pool_precision: bool = False) -> CellResult:
     if spec is None:
         return CellResult(row, col, None)
     metric = _metric_key(spec, multilabel_metric)
@@ -335,7 +375,7 @@ def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRe
     cell = CellResult(row, col, spec, metric=metric, skipped=len(records) - len(usable))
     grouped: dict[Group, list[RunRecord]] = defaultdict(list)
     for rec in usable:
-        grouped[(rec.synthetic, rec.quick, rec.fingerprint)].append(rec)
+        grouped[(rec.synthetic, rec.quick, rec.group_key(pool_precision))].append(rec)
     if not grouped:
         return cell
     groups = {key: _latest_per_seed(recs) for key, recs in grouped.items()}
@@ -350,7 +390,7 @@ def fill_cell(row: str, col: str, spec: CellSpec | None, records: Sequence[RunRe
 
 
 def build_table(layout: Layout, index: dict[tuple[str, str, str], list[RunRecord]],
-                multilabel_metric: str) -> TableResult:
+                multilabel_metric: str, pool_precision: bool = False) -> TableResult:
     cells: dict[tuple[str, str], CellResult] = {}
     footnotes: dict[tuple[str, str], int] = {}
     texts: list[str] = []
@@ -358,7 +398,7 @@ def build_table(layout: Layout, index: dict[tuple[str, str, str], list[RunRecord
         for col in layout.cols:
             spec = layout.cell(row.key, col.key)
             recs = index.get((spec.stage, spec.source, spec.target), []) if spec else []
-            cell = fill_cell(row.key, col.key, spec, recs, multilabel_metric)
+            cell = fill_cell(row.key, col.key, spec, recs, multilabel_metric, pool_precision)
             cells[(row.key, col.key)] = cell
             notes = []
             if cell.quick:
@@ -366,6 +406,8 @@ def build_table(layout: Layout, index: dict[tuple[str, str, str], list[RunRecord
                              f"{', '.join(cell.profiles)} (cheap CPU settings): not comparable "
                              "with the paper, never pooled with a meaningful profile's runs, "
                              "not counted in any finding")
+            if cell.shown and cell.shown.pooled:
+                notes.append(f"pooled by --pool-precision: {cell.shown.pooled}")
             if cell.others:
                 notes.append(f"shown: {cell.shown.describe()}; other variants not mixed in: "
                              + "; ".join(v.describe() for v in cell.others))
@@ -505,7 +547,7 @@ def render_latex(table: TableResult, metric: str, banner: bool) -> str:
 CSV_FIELDS = ("layout", "row", "row_label", "column", "column_label", "status", "stage",
               "source", "target", "metric", "paper", "reproduced", "std", "n", "difference",
               "text", "synthetic", "quick", "profiles", "fingerprint", "run_ids",
-              "other_variants", "command")
+              "other_variants", "command", "pooled")
 
 
 def render_csv(table: TableResult) -> str:
@@ -528,8 +570,9 @@ def render_csv(table: TableResult) -> str:
                 num(c.std), c.n, num(c.diff), c.text,
                 "true" if c.synthetic else ("false" if c.shown else ""),
                 ("true" if c.quick else "false") if c.shown else "", " ".join(c.profiles),
-                c.shown.fingerprint if c.shown else "", " ".join(c.run_ids),
+                c.shown.fingerprint.split("/")[0] if c.shown else "", " ".join(c.run_ids),
                 "; ".join(v.describe() for v in c.others), c.command or "",
+                c.shown.pooled if c.shown else "",
             ])
     return buf.getvalue()
 
@@ -691,7 +734,7 @@ def _summary_experiment_id(client: MlflowClient, experiment: str | None) -> str:
 
 def _log_summary_run(client: MlflowClient, experiment: str | None, out: Path, metric: str,
                      synthetic: bool, missing: int, filled: int,
-                     counts: dict[str, float] | None = None) -> str:
+                     counts: dict[str, float] | None = None, pool_precision: bool = False) -> str:
     """A new run `summarize` holding every output; inside `mlflow run`, that project's run."""
     tags = {tracking.TAG_STAGE: SUMMARY_STAGE, "mlflow.runName": SUMMARY_STAGE,
             tracking.TAG_SYNTHETIC: str(synthetic).lower(),
@@ -710,6 +753,7 @@ def _log_summary_run(client: MlflowClient, experiment: str | None, out: Path, me
     try:
         client.log_param(run_id, "experiment", experiment or "(all)")
         client.log_param(run_id, "multilabel_metric", metric)
+        client.log_param(run_id, "pool_precision", str(pool_precision).lower())
         client.log_metric(run_id, "cells_missing", missing)
         client.log_metric(run_id, "cells_filled", filled)
         for key, value in (counts or {}).items():
@@ -740,9 +784,11 @@ def summarize(
     *,
     resamples: int = findings_lib.DEFAULT_RESAMPLES,
     bootstrap_seed: int = findings_lib.BOOTSTRAP_SEED,
+    pool_precision: bool = False,
 ) -> SummaryResult:
     """Build every table, figure and the Findings from the tracking store, write them to
-    `out`, log them. `resamples` and `bootstrap_seed` set the Findings' paired bootstrap."""
+    `out`, log them. `resamples` and `bootstrap_seed` set the Findings' paired bootstrap.
+    `pool_precision`: runs that differ only in precision or replica count share a cell."""
     metric = _check_metric(multilabel_metric)
     if resamples < findings_lib.MIN_RESAMPLES:
         raise RsscError(f"resamples={resamples}: the Findings' 95 % intervals need at least "
@@ -750,7 +796,8 @@ def summarize(
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
     records = fetch_runs(client, _experiment_ids(client, experiment))
     index = _index(records)
-    tables = {layout.key: build_table(layout, index, metric) for layout in LAYOUTS}
+    tables = {layout.key: build_table(layout, index, metric, pool_precision)
+              for layout in LAYOUTS}
     tagged = {r.run_id: r.artifact_uri for r in records if r.has_predictions}
     load = findings_lib.caching(lambda run_id: (predictions_lib.load_predictions(
         run_id, client, artifact_uri=tagged[run_id]) if run_id in tagged else None))
@@ -759,7 +806,8 @@ def summarize(
     from rssc_mlflow.results import transfer_table  # it imports this module
 
     transfers = transfer_table.build_all(records, load, multilabel_metric=metric,
-                                         resamples=resamples, seed=bootstrap_seed)
+                                         resamples=resamples, seed=bootstrap_seed,
+                                         pool_precision=pool_precision)
 
     # Synthetic if any run that lands in some cell used synthetic data, shown or not.
     used = {(s.stage, s.source, s.target) for layout in LAYOUTS
@@ -774,6 +822,10 @@ def summarize(
         "synthetic, a meaningful profile before a quick one, then the group with the most "
         "seeds, then the most recent; other groups are footnoted. A re-run with the same seed "
         "replaces the earlier run.",
+        ("Precision and replica count: pooled (--pool-precision); a pooled cell's footnote "
+         "says what it holds." if pool_precision else
+         "Precision and replica count are part of the fingerprint: mixed-precision or "
+         "multi-GPU runs are their own group (pool them with --pool-precision)."),
     ]
 
     out = Path(out)
@@ -835,7 +887,8 @@ def summarize(
         [(t.anchor, t.title, transfer_table.render_html(t, resamples, transfer_pngs[t.key]))
          for t in transfers]))
     run_id = _log_summary_run(client, experiment, out, metric, synthetic, len(missing), filled,
-                              {**_findings_counts(results), "transfer_targets": len(transfers)})
+                              {**_findings_counts(results), "transfer_targets": len(transfers)},
+                              pool_precision)
     return SummaryResult(out=out, run_id=run_id, console=console, tables=tables,
                          missing=missing, synthetic=synthetic, files=files,
                          multilabel_metric=metric, findings=results, transfers=transfers)

@@ -233,7 +233,7 @@ def transfer(target: str, profile: str = protocol.DEFAULT_PROFILE, *,
              sources: str | Sequence[str] = "all", seeds: Sequence[int] = (protocol.SEED,),
              plan_only: bool = False, parallel: int = 1, throughput: float = 2500.0,
              log_model_finetune: bool = True, reuse_models: bool = False,
-             progress: Progress = print) -> TransferReport:
+             progress: Progress = print, gpus_per_run: int | None = None) -> TransferReport:
     """Plan the transfer row of `target` and run what is not done (see the module doc).
 
     Raises RsscError before any run when `target` is not prepared, a run needs ImageNet
@@ -253,5 +253,6 @@ def transfer(target: str, profile: str = protocol.DEFAULT_PROFILE, *,
     for b in missing:
         progress(f"missing backbone {b.reference}: {b.why}; make it with `{b.command}`")
     reproduce.run_planned(report, parallel=parallel, log_model_finetune=log_model_finetune,
-                          reuse_models=reuse_models, progress=progress, command="transfer")
+                          reuse_models=reuse_models, progress=progress, command="transfer",
+                          gpus_per_run=gpus_per_run)
     return TransferReport(get_spec(target).key, report, backbones, missing)

@@ -183,13 +183,13 @@ def _ranks(cells: Mapping[str, sm.CellResult | None]) -> dict[str, int]:
 
 def build(target: str, records: Sequence[sm.RunRecord], load: fl.Loader, *,
           multilabel_metric: str, resamples: int = fl.DEFAULT_RESAMPLES,
-          seed: int = fl.BOOTSTRAP_SEED) -> TransferTable:
+          seed: int = fl.BOOTSTRAP_SEED, pool_precision: bool = False) -> TransferTable:
     """The table of `target` from its probe/finetune runs (`records`: FINISHED runs)."""
     mine = [r for r in records if r.stage in STAGES and r.target == target]
     multilabel = _multilabel(target, mine)
     sources = _sources(mine)
     table = sm.build_table(_layout(target, sources, multilabel), sm._index(mine),
-                           multilabel_metric)
+                           multilabel_metric, pool_precision)
     metric = f"test_{multilabel_metric}" if multilabel else sm.SINGLE_LABEL_METRIC
 
     def compare(stage: str, source: str, baseline: str) -> Gain:
@@ -293,10 +293,10 @@ def _claim(status: str) -> str:
 
 
 def build_all(records: Sequence[sm.RunRecord], load: fl.Loader, *, multilabel_metric: str,
-              resamples: int = fl.DEFAULT_RESAMPLES, seed: int = fl.BOOTSTRAP_SEED
-              ) -> list[TransferTable]:
+              resamples: int = fl.DEFAULT_RESAMPLES, seed: int = fl.BOOTSTRAP_SEED,
+              pool_precision: bool = False) -> list[TransferTable]:
     return [build(t, records, load, multilabel_metric=multilabel_metric, resamples=resamples,
-                  seed=seed) for t in transfer_targets(records)]
+                  seed=seed, pool_precision=pool_precision) for t in transfer_targets(records)]
 
 
 # --- Rendering ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ MV_PREPROCESSING = "preprocessing"
 MV_LINEAGE = "lineage"
 MV_PROFILE = "profile"
 MV_FINGERPRINT = "fingerprint"
+MV_FINGERPRINT_POOLED = "fingerprint_pooled"  # without precision and replicas
 MV_SOURCE = "source"
 MV_SYNTHETIC = "synthetic"
 MV_CROP = "crop"
@@ -77,6 +78,8 @@ class ResolvedSource:
     run_id: str = ""
     uri: str = ""
     fingerprint: str = ""
+    # Its fingerprint without precision and replicas (versions registered before: the same).
+    pooled_fingerprint_tag: str = ""
     note: str = ""
     aliases: tuple[str, ...] = ()
     # The ImageNet weights at the root of the lineage (MV_IMAGENET_* keys), when there are any.
@@ -84,6 +87,11 @@ class ResolvedSource:
     synthetic: bool = False  # the weights came from synthetic data (a stand-in, a demo model)
     local_file: Path | None = None  # a local weight/model file, when there is one
     download_uri: str = ""  # else the MLflow URI it is downloaded from, on first use
+
+    @property
+    def pooled_fingerprint(self) -> str:
+        """The upstream key of a pooled cell: old versions' fingerprint had no precision."""
+        return self.pooled_fingerprint_tag or self.fingerprint
 
     @property
     def pretrained(self) -> bool:
@@ -261,6 +269,7 @@ def _from_version(reference: str, mv, note: str, override: str | None) -> Resolv
         preprocessing=override or recorded, model_name=mv.name, version=str(mv.version),
         run_id=mv.run_id or "", uri=f"models:/{mv.name}/{mv.version}",
         fingerprint=tags.get(MV_FINGERPRINT, ""), note=note,
+        pooled_fingerprint_tag=tags.get(MV_FINGERPRINT_POOLED, ""),
         aliases=tuple(sorted(mv.aliases or [])), download_uri=f"models:/{mv.name}/{mv.version}",
         imagenet_weights={k: tags[k] for k in (MV_IMAGENET_FILE, MV_IMAGENET_SHA256,
                                                MV_IMAGENET_ORIGIN) if k in tags},
@@ -424,7 +433,7 @@ def log_model(model, *, card: ModelCard, registered_model_name: str | None = Non
 
 
 def register(model, *, card: ModelCard, source_key: str, init: str, profile: str,
-             fingerprint: str) -> tuple[str, str]:
+             fingerprint: str, pooled_fingerprint: str = "") -> tuple[str, str]:
     """Log `model` to the active run, register it, give it the profile as alias, its tags and
     its model card (the version's description)."""
     name = registered_name(source_key, init)
@@ -432,7 +441,8 @@ def register(model, *, card: ModelCard, source_key: str, init: str, profile: str
     version = str(info.registered_model_version)
     client = _client()
     tags = {MV_PREPROCESSING: card.preprocessing, MV_LINEAGE: init, MV_PROFILE: profile,
-            MV_FINGERPRINT: fingerprint, MV_SOURCE: source_key,
+            MV_FINGERPRINT: fingerprint, MV_FINGERPRINT_POOLED: pooled_fingerprint or fingerprint,
+            MV_SOURCE: source_key,
             MV_SYNTHETIC: str(card.synthetic).lower(), MV_CROP: str(card.crop),
             MV_CLASSES: json.dumps(card.config()["classes"]), MV_TASK: card.config()["task"]}
     tags.update(card.imagenet_weights)

@@ -42,6 +42,8 @@ TAG_PROFILE = "rssc.profile"
 TAG_SEED = "rssc.seed"
 TAG_SYNTHETIC = "rssc.synthetic"
 TAG_FINGERPRINT = "rssc.fingerprint"
+# The fingerprint without precision and replica count (`summarize --pool-precision`).
+TAG_FINGERPRINT_POOLED = "rssc.fingerprint_pooled"
 TAG_DATASET_DIGEST = "rssc.dataset_digest"
 TAG_SPLIT_DIGEST = "rssc.split_digest"
 TAG_PREPROCESSING = "rssc.preprocessing"

@@ -287,6 +287,8 @@ def test_parallel_local_uses_subprocesses(isolated_environment: Path,
 
     _prepare(isolated_environment)
     monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
+    # No GPU: reproduce counts GPUs with `nvidia-smi -L`, which the fake Popen would answer.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     running: list[int] = []
     peak = [0]
     argvs: list[list[str]] = []
@@ -317,6 +319,113 @@ def test_parallel_local_uses_subprocesses(isolated_environment: Path,
                             "--profile", "smoke", "--seed", "42"]
     assert argvs[-1][-1] == "--no-log-model" and "--target" in argvs[-1]
     assert report.ran[0].metrics == {"test_accuracy": 0.5}
+
+
+# --- Multi-GPU nodes: --gpus-per-run ---------------------------------------------------------
+
+
+def _real_children(monkeypatch: pytest.MonkeyPatch, seen: list[dict[str, str]]) -> None:
+    """Each run a real (cheap) child process that reports the GPU environment it got and how
+    many runs overlap, in place of `python -m rssc_mlflow.cli STAGE ...`."""
+    script = ("import os, time; e = os.environ; time.sleep(0.3); "
+              "print(repr((e.get('CUDA_VISIBLE_DEVICES'), e.get('TF_FORCE_GPU_ALLOW_GROWTH')))); "
+              "print('run id1 FINISHED test_accuracy=0.5000')")
+    monkeypatch.setattr(rep._Local, "argv", lambda self, run: [sys.executable, "-c", script])
+    monkeypatch.setattr(rep, "_POLL_S", 0.05)
+    started = rep.subprocess.Popen
+
+    def popen(argv, stdout, stderr, env):
+        seen.append({k: env.get(k, "") for k in ("CUDA_VISIBLE_DEVICES",
+                                                 "TF_FORCE_GPU_ALLOW_GROWTH")})
+        return started(argv, stdout=stdout, stderr=stderr, env=env)
+
+    monkeypatch.setattr(rep.subprocess, "Popen", popen)
+
+
+def test_gpus_per_run_gives_each_worker_its_own_gpus(isolated_environment: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from rssc_mlflow import commands
+
+    _prepare(isolated_environment)
+    # The node's scheduler gave us GPUs 3-6: those are the ones to split, never 0-2.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,4,5,6")
+    asked: list[int] = []
+    monkeypatch.setattr(commands, "fingerprint_for",
+                        lambda *a, replicas=1, **k: asked.append(replicas) or "fp")
+    seen: list[dict[str, str]] = []
+    _real_children(monkeypatch, seen)
+    report = rep.reproduce("smoke", only=TABLES34, parallel=2, gpus_per_run=2,
+                           log_model_finetune=False, progress=lambda m: None)
+    assert report.ok and len(report.ran) == 9 and len(seen) == 9
+    assert {s["CUDA_VISIBLE_DEVICES"] for s in seen} == {"3,4", "5,6"}
+    assert {s["TF_FORCE_GPU_ALLOW_GROWTH"] for s in seen} == {"true"}
+    logs = sorted((isolated_environment / rep.LOG_DIR).glob("*.log"))
+    assert {log.read_text().splitlines()[0] for log in logs} == {"('3,4', 'true')",
+                                                                  "('5,6', 'true')"}
+    assert set(asked) <= {2}  # done runs are looked up under the 2-replica fingerprint
+
+
+def test_gpus_per_run_with_one_run_at_a_time_still_isolates_it(
+        isolated_environment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _prepare(isolated_environment)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    seen: list[dict[str, str]] = []
+    _real_children(monkeypatch, seen)
+    report = rep.reproduce("smoke", only=["table3"], parallel=1, gpus_per_run=1,
+                           log_model_finetune=False, progress=lambda m: None)
+    assert report.ok and seen and {s["CUDA_VISIBLE_DEVICES"] for s in seen} == {"1"}
+
+
+def test_without_gpus_per_run_the_workers_see_every_gpu(isolated_environment: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from rssc_mlflow import commands
+
+    _prepare(isolated_environment)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH", raising=False)
+    monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
+    seen: list[dict[str, str]] = []
+    _real_children(monkeypatch, seen)
+    report = rep.reproduce("smoke", only=TABLES34, parallel=2, log_model_finetune=False,
+                           progress=lambda m: None)
+    assert report.ok and {s["CUDA_VISIBLE_DEVICES"] for s in seen} == {"0,1"}
+    assert {s["TF_FORCE_GPU_ALLOW_GROWTH"] for s in seen} == {""}
+
+
+def test_too_few_gpus_is_refused_before_any_run(isolated_environment: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing prepared: the GPUs are checked before the prerequisites.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(RsscError, match=r"needs 4 GPUs, but only 3 are available.*"
+                                        r"Received: parallel=2, gpus_per_run=2"):
+        rep.reproduce("smoke", only=TABLES34, parallel=2, gpus_per_run=2,
+                      progress=lambda m: None)
+    with pytest.raises(RsscError, match=r"Received: -1"):
+        rep.reproduce("smoke", only=TABLES34, gpus_per_run=-1, progress=lambda m: None)
+
+
+def test_gpus_per_run_is_for_the_local_backend() -> None:
+    with pytest.raises(RsscError, match=r"Received: backend=kubernetes.*nvidia.com/gpu"):
+        rep.gpu_slots("kubernetes", 2, 1)
+    assert rep.gpu_slots("local", 2, None) is None
+
+
+@pytest.mark.slow  # two spawned workers import TensorFlow
+def test_reuse_models_workers_start_with_their_gpus(isolated_environment: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rep, "LOG_DIR", isolated_environment / "logs")
+    workers = rep._Workers("smoke", 2, False, ["0,1", "2,3"])
+    assert workers.initargs(1)[2] == {"CUDA_VISIBLE_DEVICES": "2,3",
+                                      "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert rep._Workers("smoke", 2, False).initargs(0)[2] == {}  # today's behaviour
+    workers._start()
+    try:  # real spawned workers: the environment their runs see
+        got = [ex.submit(os.getenv, "CUDA_VISIBLE_DEVICES").result(timeout=300)
+               for ex in workers._executors]
+    finally:
+        workers.close()
+    assert got == ["0,1", "2,3"]
 
 
 # --- Done when: killed half-way, resumed, nothing redone -------------------------------------
@@ -392,3 +501,15 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     assert [r.status for r in third.planned] == ["done"] * 6
     assert {r.run_id for r in third.planned} == {r.info.run_id for r in finished}
     assert third.todo_gpu_hours == 0
+
+
+def test_expected_replicas_without_tensorflow_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert rep.expected_replicas("local", ["0,1", "2,3"]) == 2
+    assert rep.expected_replicas("local", ["", ""]) == 1  # --gpus-per-run 0: CPU runs
+    assert rep.expected_replicas("kubernetes", None) == 1
+    # A CPU build of TensorFlow on a GPU server trains on one replica: look its runs up so.
+    monkeypatch.setattr(rep, "_tensorflow_uses_gpus", lambda: False)
+    assert rep.expected_replicas("local", None) == 1
+    monkeypatch.setattr(rep, "_tensorflow_uses_gpus", lambda: True)
+    assert rep.expected_replicas("local", None) == 4

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from PIL import Image
@@ -62,8 +62,10 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 def make_run(client: MlflowClient, stage: str, source: str, target: str = "", *,
              metrics: dict[str, float], fingerprint: str = "fp-a", synthetic: bool = False,
-             seed: str = "42", status: str = "FINISHED", experiment: str = "rssc") -> str:
-    """A run as commands.py leaves it: tags, final metrics, a final status."""
+             seed: str = "42", status: str = "FINISHED", experiment: str = "rssc",
+             params: dict[str, str] | None = None, pooled: str = "") -> str:
+    """A run as commands.py leaves it: tags, final metrics, a final status (`pooled`: its
+    fingerprint without precision and replicas, "" for a run logged before it was)."""
     run = client.create_run(
         _experiment_id(client, experiment), start_time=next(_clock),
         run_name=f"{stage} {source}",
@@ -72,7 +74,9 @@ def make_run(client: MlflowClient, stage: str, source: str, target: str = "", *,
               tags.TAG_SEED: seed, tags.TAG_PROFILE: "paper"},
     )
     now = int(time.time() * 1000)
-    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     params=[Param(k, v) for k, v in (params or {}).items()],
+                     tags=[RunTag(tags.TAG_FINGERPRINT_POOLED, pooled)] if pooled else [])
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
 
@@ -555,3 +559,67 @@ def test_a_quick_profile_is_never_pooled_and_shown_after_a_meaningful_one(
     frame = pd.read_csv(tmp_path / "out" / "figure1.csv")
     row = frame[(frame["row"] == "aid") & (frame["column"] == "ucm")].iloc[0]
     assert not row["quick"] and "quick profile cpu-quick" in row["other_variants"]
+
+
+def _setup_fingerprints() -> dict[str, str]:
+    """Fingerprints as commands.py computes them, for float32 x1, mixed x1 and float32 x4."""
+    from rssc_mlflow.settings import protocol_fingerprint, resolve_settings
+
+    args = dict(preprocessing="imagenet-rgb", peak_lr=3e-4, synthetic=False, warmup_epochs=5)
+    float32 = resolve_settings("finetune", source="imagenet", target="aid")
+    mixed = resolve_settings("finetune", source="imagenet", target="aid", precision="mixed")
+    return {"float32 x1": protocol_fingerprint(float32, **args),
+            "mixed x1": protocol_fingerprint(mixed, **args),
+            "float32 x4": protocol_fingerprint(float32, replicas=4, **args),
+            "pooled": protocol_fingerprint(mixed, replicas=4, pool_precision=True, **args)}
+
+
+def _precision_runs(client: MlflowClient) -> dict[str, str]:
+    fp = _setup_fingerprints()
+    assert fp["pooled"] == fp["float32 x1"]  # the old key, so old runs pool too
+    for seed, value in (("1", 0.90), ("2", 0.92)):
+        make_run(client, "finetune", "imagenet", "aid", metrics={"test_accuracy": value},
+                 fingerprint=fp["float32 x1"], pooled=fp["pooled"], seed=seed,
+                 params={"precision": "float32", "replicas": "1"})
+    make_run(client, "finetune", "imagenet", "aid", metrics={"test_accuracy": 0.50},
+             fingerprint=fp["mixed x1"], pooled=fp["pooled"], seed="3",
+             params={"precision": "mixed", "replicas": "1"})
+    make_run(client, "finetune", "imagenet", "aid", metrics={"test_accuracy": 0.60},
+             fingerprint=fp["float32 x4"], pooled=fp["pooled"], seed="4",
+             params={"precision": "float32", "replicas": "4"})
+    # Logged before precision joined the fingerprint: float32's fingerprint, no pooled tag.
+    make_run(client, "finetune", "imagenet", "aid", metrics={"test_accuracy": 0.40},
+             fingerprint=fp["float32 x1"], seed="5", params={"precision": "mixed"})
+    return fp
+
+
+def test_precision_and_replicas_never_share_a_cell(client: MlflowClient, tmp_path: Path) -> None:
+    fp = _precision_runs(client)
+    result = run_summary(tmp_path)
+    table = result.tables["figure2"]
+    cell = table.cell("imagenet", "aid")
+    assert cell.values == pytest.approx([90.0, 92.0])  # float32 on one GPU only
+    assert cell.shown.fingerprint == fp["float32 x1"] and not cell.shown.pooled
+    others = sorted(v.describe() for v in cell.others)
+    assert len(others) == 3 and all("n=1" in v for v in others)
+    assert sum("mixed x1" in v for v in others) == 2 and sum("float32 x4" in v for v in others) == 1
+    assert "pool" not in table.footnote_texts[table.footnotes[("imagenet", "aid")] - 1]
+
+
+def test_pool_precision_pools_them_and_says_what_it_pooled(client: MlflowClient,
+                                                          tmp_path: Path) -> None:
+    fp = _precision_runs(client)
+    result = run_summary(tmp_path, pool_precision=True)
+    table = result.tables["figure2"]
+    cell = table.cell("imagenet", "aid")
+    assert sorted(cell.values) == pytest.approx([40.0, 50.0, 60.0, 90.0, 92.0])
+    assert cell.shown.fingerprint == fp["pooled"] and not cell.others
+    assert cell.shown.pooled == "float32 x1 (n=2), float32 x4 (n=1), mixed x1 (n=2)"
+    note = table.footnote_texts[table.footnotes[("imagenet", "aid")] - 1]
+    assert "pooled by --pool-precision: float32 x1 (n=2), float32 x4 (n=1), mixed x1 (n=2)" in note
+    rows = list(csv.DictReader((tmp_path / "out" / "figure2.csv").open()))
+    row = next(r for r in rows if (r["row"], r["column"]) == ("imagenet", "aid"))
+    assert row["pooled"] == cell.shown.pooled and row["n"] == "5"
+    summary = client.get_run(result.run_id)
+    assert summary.data.params["pool_precision"] == "true"
+    assert "--pool-precision" in (tmp_path / "out" / "summary.md").read_text()

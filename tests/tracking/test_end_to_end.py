@@ -340,3 +340,46 @@ def test_finetune_with_the_authors_schedule_steps(world, store):
     authors = commands.fingerprint_for("finetune", source="scratch", target="ucm", epochs=2,
                                        profile="smoke", schedule_steps="authors")
     assert run.data.tags[runs.TAG_FINGERPRINT] == authors != paper
+
+
+def test_a_training_run_logs_its_replicas_and_batch_split(world, store):
+    result = commands.finetune("scratch", "ucm", log_model=False, epochs=1, **SMOKE)
+    run = store.get_run(result.run_id)
+    batch = run.data.params["batch_size"]
+    assert {k: run.data.params[k] for k in ("replicas", "global_batch_size",
+                                            "per_replica_batch_size")} == \
+        {"replicas": "1", "global_batch_size": batch, "per_replica_batch_size": batch}
+    # Float32 on one replica: the fingerprint it always had, which is also the pooled one.
+    expected = commands.fingerprint_for("finetune", source="scratch", target="ucm", epochs=1,
+                                        profile="smoke")
+    assert run.data.tags[runs.TAG_FINGERPRINT] == expected
+    assert run.data.tags[runs.TAG_FINGERPRINT_POOLED] == expected
+    four = commands.fingerprint_for("finetune", source="scratch", target="ucm", epochs=1,
+                                    profile="smoke", replicas=4)
+    assert four != expected
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_starts_no_run(world, store, monkeypatch):
+    class ThreeReplicas:  # what MirroredStrategy over 3 GPUs reports
+        num_replicas_in_sync = 3
+
+    monkeypatch.setattr(models, "make_strategy", lambda kind="auto": ThreeReplicas())
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    with pytest.raises(RsscError, match=r"batch size 8 does not split evenly over 3 replicas.*"
+                                        r"Received: batch_size=8, replicas=3"):
+        commands.finetune("scratch", "ucm", log_model=False, epochs=1, batch_size=8, **SMOKE)
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+
+
+def test_registered_versions_carry_the_pooled_fingerprint(pretrained, store):
+    mv = store.get_model_version(pretrained.model_name, pretrained.model_version)
+    # Float32 on one replica: the pooled key is the fingerprint itself.
+    assert mv.tags[registry.MV_FINGERPRINT_POOLED] == mv.tags[registry.MV_FINGERPRINT]
+    source = registry.resolve_source("resisc45", profile="smoke")
+    assert source.pooled_fingerprint == mv.tags[registry.MV_FINGERPRINT]
+    # A version registered before the pooled key existed pools under its fingerprint.
+    old = registry.ResolvedSource("x", "registered", "scratch", "unit", fingerprint="f-old")
+    assert old.pooled_fingerprint == "f-old"
+    mixed = registry.ResolvedSource("x", "registered", "scratch", "unit", fingerprint="f-mixed",
+                                    pooled_fingerprint_tag="f-pooled")
+    assert mixed.pooled_fingerprint == "f-pooled"
