@@ -39,6 +39,20 @@ class ProbeResult:
     history: list[dict[str, float]]  # per-epoch values (Adam) or one row (lbfgs)
 
 
+def probe_epochs(x: np.ndarray, y: np.ndarray, *, batch_size: int,
+                 seed: int) -> tuple[tf.data.Dataset, int]:
+    """The probe's training batches, endlessly, and the steps of one epoch.
+
+    One dataset for all epochs: from numpy arrays Keras builds a new input pipeline every
+    epoch, which costs far more than a probe epoch's one or two steps. Batched before
+    `repeat`, so every epoch is one full pass in a fresh order, as `fit(shuffle=True)` makes it.
+    """
+    ds = (tf.data.Dataset.from_tensor_slices((x, y))
+          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+          .batch(batch_size).repeat())
+    return ds, -(-len(x) // batch_size)
+
+
 def train_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, task: str,
                 num_classes: int, solver: str = "adam", standardize: bool = False,
                 epochs: int = 100, batch_size: int = 100, lr: float | None = None,
@@ -64,7 +78,7 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
     probe = keras.Sequential([keras.Input((train_x.shape[1],)),
                               keras.layers.Dense(num_classes, activation=activation)])
     probe.compile(optimizer=keras.optimizers.Adam(lr or protocol.PROBE_LR), loss=loss)
-    hist = probe.fit(train_x, train_y, epochs=epochs, batch_size=batch_size, shuffle=True,
-                     verbose=0)
+    ds, steps = probe_epochs(train_x, train_y, batch_size=batch_size, seed=seed)
+    hist = probe.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0)
     rows = [{k: float(v[i]) for k, v in hist.history.items()} for i in range(epochs)]
     return ProbeResult(np.asarray(probe.predict(test_x, batch_size=1024, verbose=0), np.float32), rows)
