@@ -49,6 +49,9 @@ from typing import Literal
 import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
+# The pager behind mlflow.search_runs; called here with `client`, whose store may not be
+# the global tracking URI that the fluent search functions read.
+from mlflow.utils import get_results_from_paginated_fn
 
 from rssc_mlflow import __version__, protocol
 from rssc_mlflow.errors import RsscError
@@ -291,15 +294,11 @@ def _check_metric(multilabel_metric: str) -> str:
 
 def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     if experiment is None:
-        ids: list[str] = []
-        token: str | None = None
-        while True:
-            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                             page_token=token)
-            ids += [e.experiment_id for e in page]
-            token = page.token
-            if not token:
-                return ids
+        found_all = get_results_from_paginated_fn(
+            lambda count, token: client.search_experiments(
+                view_type=ViewType.ACTIVE_ONLY, max_results=count, page_token=token),
+            1000)
+        return [e.experiment_id for e in found_all]
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return [found.experiment_id]
@@ -316,22 +315,18 @@ def fetch_runs(client: MlflowClient, experiment_ids: Sequence[str]) -> list[RunR
     """All FINISHED runs of the transfer stages, in one paged pass over the store."""
     if not experiment_ids:
         return []
-    records: list[RunRecord] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(
+    found = get_results_from_paginated_fn(
+        lambda count, token: client.search_runs(
             experiment_ids=list(experiment_ids),
             filter_string="attributes.status = 'FINISHED'",
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=PAGE_SIZE,
+            max_results=count,
             page_token=token,
-        )
-        for run in page:
-            if run.data.tags.get(tracking.TAG_STAGE) in STAGES:
-                records.append(RunRecord.from_run(run))
-        token = page.token
-        if not token:
-            return records
+        ),
+        PAGE_SIZE,
+    )
+    return [RunRecord.from_run(run) for run in found
+            if run.data.tags.get(tracking.TAG_STAGE) in STAGES]
 
 
 # --- Filling the cells ---------------------------------------------------------------------------
