@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import csv
 import dataclasses
 import html
 import io
@@ -550,15 +549,15 @@ def render_csv(table: TableResult) -> str:
 
     `synthetic` is true for a cell shown from synthetic runs (the md/html/tex banner's
     counterpart), empty for a cell without runs."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    import pandas as pd
+
     layout = table.layout
+    num = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = []
     for row in layout.rows:
         for col in layout.cols:
             c = table.cell(row.key, col.key)
-            num = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-            writer.writerow([
+            lines.append([
                 layout.key, row.key, row.label, col.key, col.label, c.status,
                 c.spec.stage if c.spec else "", c.spec.source if c.spec else row.key,
                 c.spec.target if c.spec else col.key, c.metric, num(c.paper), num(c.mean),
@@ -569,7 +568,8 @@ def render_csv(table: TableResult) -> str:
                 "; ".join(v.describe() for v in c.others), c.command or "",
                 c.shown.pooled if c.shown else "",
             ])
-    return buf.getvalue()
+    # Values are formatted above (4 decimals, "" for none), so pandas only quotes and joins.
+    return pd.DataFrame(lines, columns=list(CSV_FIELDS)).to_csv(index=False, lineterminator="\n")
 
 
 def heatmap_title(table: TableResult, banner: bool) -> str:
