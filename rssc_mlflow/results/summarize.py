@@ -521,6 +521,16 @@ def _tex(text: str) -> str:
     return "".join(f"\\texttt{{{e}}}" if i % 2 else e for i, e in enumerate(escaped))
 
 
+def _tex_tabular(header: list[str], rows: list[list[str]]) -> str:
+    """The booktabs tabular, by pandas' Styler (needs jinja2, which MLflow's server brings).
+    Cells are escaped by `_tex` first: the Styler's own escaping knows neither ± nor †."""
+    import pandas as pd
+
+    frame = pd.DataFrame([[_tex(v) for v in r] for r in rows], columns=[_tex(h) for h in header])
+    return frame.style.hide(axis="index").to_latex(
+        hrules=True, column_format="l" + "r" * (len(header) - 1))
+
+
 def render_latex(table: TableResult, metric: str, banner: bool) -> str:
     header, rows = grid(table)
     layout = table.layout
@@ -529,11 +539,8 @@ def render_latex(table: TableResult, metric: str, banner: bool) -> str:
         out += [f"% {BANNER}", f"\\noindent\\textbf{{{_tex(BANNER)}}}\\par"]
     out += ["\\begin{table}[ht]", "\\centering", "\\small",
             f"\\caption{{{_tex(layout.title + ': ' + layout.caption)}}}",
-            f"\\label{{tab:rssc-{layout.key}}}",
-            "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
-            " & ".join(_tex(h) for h in header) + " \\\\", "\\midrule"]
-    out += [" & ".join(_tex(v) for v in r) + " \\\\" for r in rows]
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", "", f"% {_metric_note(metric)}"]
+            f"\\label{{tab:rssc-{layout.key}}}", _tex_tabular(header, rows).rstrip("\n"),
+            "\\end{table}", "", f"% {_metric_note(metric)}"]
     out += [f"% {n}" for n in _notes(table)]
     return "\n".join(out) + "\n"
 
