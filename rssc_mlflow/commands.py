@@ -183,7 +183,7 @@ def _record_inputs(data: _Data, settings: RunSettings, fingerprint: str, preproc
                                digest=data.split.digest, context="training" if part == "train" else "evaluation",
                                tags={"images": str(len(files)), "split_role": data.split.role,
                                      "dataset_digest": data.prepared.manifest_digest})
-    runs.log_json_artifact(json.loads(data.split.to_json()), f"split/{data.spec.key}-{data.split.role}.json")
+    mlflow.log_dict(json.loads(data.split.to_json()), f"split/{data.spec.key}-{data.split.role}.json")
     if data.prepared.synthetic:
         runs.announce(runs.SYNTHETIC_BANNER)
     elif source.synthetic:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import csv
 import dataclasses
 import html
 import io
@@ -49,6 +48,9 @@ from typing import Literal
 import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
+# The pager behind mlflow.search_runs; called here with `client`, whose store may not be
+# the global tracking URI that the fluent search functions read.
+from mlflow.utils import get_results_from_paginated_fn
 
 from rssc_mlflow import __version__, protocol
 from rssc_mlflow.errors import RsscError
@@ -291,15 +293,11 @@ def _check_metric(multilabel_metric: str) -> str:
 
 def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     if experiment is None:
-        ids: list[str] = []
-        token: str | None = None
-        while True:
-            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000,
-                                             page_token=token)
-            ids += [e.experiment_id for e in page]
-            token = page.token
-            if not token:
-                return ids
+        found_all = get_results_from_paginated_fn(
+            lambda count, token: client.search_experiments(
+                view_type=ViewType.ACTIVE_ONLY, max_results=count, page_token=token),
+            1000)
+        return [e.experiment_id for e in found_all]
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return [found.experiment_id]
@@ -316,22 +314,18 @@ def fetch_runs(client: MlflowClient, experiment_ids: Sequence[str]) -> list[RunR
     """All FINISHED runs of the transfer stages, in one paged pass over the store."""
     if not experiment_ids:
         return []
-    records: list[RunRecord] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(
+    found = get_results_from_paginated_fn(
+        lambda count, token: client.search_runs(
             experiment_ids=list(experiment_ids),
             filter_string="attributes.status = 'FINISHED'",
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=PAGE_SIZE,
+            max_results=count,
             page_token=token,
-        )
-        for run in page:
-            if run.data.tags.get(tracking.TAG_STAGE) in STAGES:
-                records.append(RunRecord.from_run(run))
-        token = page.token
-        if not token:
-            return records
+        ),
+        PAGE_SIZE,
+    )
+    return [RunRecord.from_run(run) for run in found
+            if run.data.tags.get(tracking.TAG_STAGE) in STAGES]
 
 
 # --- Filling the cells ---------------------------------------------------------------------------
@@ -527,6 +521,16 @@ def _tex(text: str) -> str:
     return "".join(f"\\texttt{{{e}}}" if i % 2 else e for i, e in enumerate(escaped))
 
 
+def _tex_tabular(header: list[str], rows: list[list[str]]) -> str:
+    """The booktabs tabular, by pandas' Styler (needs jinja2, which MLflow's server brings).
+    Cells are escaped by `_tex` first: the Styler's own escaping knows neither ± nor †."""
+    import pandas as pd
+
+    frame = pd.DataFrame([[_tex(v) for v in r] for r in rows], columns=[_tex(h) for h in header])
+    return frame.style.hide(axis="index").to_latex(
+        hrules=True, column_format="l" + "r" * (len(header) - 1))
+
+
 def render_latex(table: TableResult, metric: str, banner: bool) -> str:
     header, rows = grid(table)
     layout = table.layout
@@ -535,11 +539,8 @@ def render_latex(table: TableResult, metric: str, banner: bool) -> str:
         out += [f"% {BANNER}", f"\\noindent\\textbf{{{_tex(BANNER)}}}\\par"]
     out += ["\\begin{table}[ht]", "\\centering", "\\small",
             f"\\caption{{{_tex(layout.title + ': ' + layout.caption)}}}",
-            f"\\label{{tab:rssc-{layout.key}}}",
-            "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
-            " & ".join(_tex(h) for h in header) + " \\\\", "\\midrule"]
-    out += [" & ".join(_tex(v) for v in r) + " \\\\" for r in rows]
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", "", f"% {_metric_note(metric)}"]
+            f"\\label{{tab:rssc-{layout.key}}}", _tex_tabular(header, rows).rstrip("\n"),
+            "\\end{table}", "", f"% {_metric_note(metric)}"]
     out += [f"% {n}" for n in _notes(table)]
     return "\n".join(out) + "\n"
 
@@ -555,15 +556,15 @@ def render_csv(table: TableResult) -> str:
 
     `synthetic` is true for a cell shown from synthetic runs (the md/html/tex banner's
     counterpart), empty for a cell without runs."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    import pandas as pd
+
     layout = table.layout
+    num = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = []
     for row in layout.rows:
         for col in layout.cols:
             c = table.cell(row.key, col.key)
-            num = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-            writer.writerow([
+            lines.append([
                 layout.key, row.key, row.label, col.key, col.label, c.status,
                 c.spec.stage if c.spec else "", c.spec.source if c.spec else row.key,
                 c.spec.target if c.spec else col.key, c.metric, num(c.paper), num(c.mean),
@@ -574,7 +575,8 @@ def render_csv(table: TableResult) -> str:
                 "; ".join(v.describe() for v in c.others), c.command or "",
                 c.shown.pooled if c.shown else "",
             ])
-    return buf.getvalue()
+    # Values are formatted above (4 decimals, "" for none), so pandas only quotes and joins.
+    return pd.DataFrame(lines, columns=list(CSV_FIELDS)).to_csv(index=False, lineterminator="\n")
 
 
 def heatmap_title(table: TableResult, banner: bool) -> str:

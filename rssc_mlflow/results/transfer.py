@@ -122,22 +122,17 @@ def registered_backbones(profile: str) -> list[Backbone]:
 
     client = mlflow.MlflowClient()
     found: dict[str, Backbone] = {}
-    token = None
-    while True:
-        page = client.search_registered_models(filter_string="name LIKE 'rssc-resnet50-%'",
-                                               max_results=100, page_token=token)
-        for model in page:
-            version = (model.aliases or {}).get(profile)
-            if version is None:
-                continue
-            tags = client.get_model_version(model.name, str(version)).tags or {}
-            row = {"name": model.name, "source": tags.get(registry.MV_SOURCE, ""),
-                   "lineage": tags.get(registry.MV_LINEAGE, "scratch")}
-            ref = _reference_of(row, profile)
-            found[ref] = Backbone(ref, model_name=model.name, trained_on=row["source"])
-        token = page.token
-        if not token:
-            return list(found.values())
+    # Without max_results the fluent search pages through every match itself.
+    for model in mlflow.search_registered_models(filter_string="name LIKE 'rssc-resnet50-%'"):
+        version = (model.aliases or {}).get(profile)
+        if version is None:
+            continue
+        tags = client.get_model_version(model.name, str(version)).tags or {}
+        row = {"name": model.name, "source": tags.get(registry.MV_SOURCE, ""),
+               "lineage": tags.get(registry.MV_LINEAGE, "scratch")}
+        ref = _reference_of(row, profile)
+        found[ref] = Backbone(ref, model_name=model.name, trained_on=row["source"])
+    return list(found.values())
 
 
 def _paper_sources() -> list[tuple[str, str]]:

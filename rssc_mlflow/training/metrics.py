@@ -180,19 +180,21 @@ def confusion_matrix_png(
     fig = Figure(figsize=(side, side), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    fontsize = 9 if n <= ANNOTATE_MAX_CLASSES else 7
-    ax.set_xticks(np.arange(n), labels=list(class_names), rotation=90, fontsize=fontsize)
-    ax.set_yticks(np.arange(n), labels=list(class_names), fontsize=fontsize)
+    annotate = n <= ANNOTATE_MAX_CLASSES
+    shown = skm.ConfusionMatrixDisplay(norm, display_labels=list(class_names)).plot(
+        ax=ax, cmap="Blues", colorbar=False, include_values=annotate, xticks_rotation=90,
+        im_kw={"vmin": 0.0, "vmax": 1.0}, text_kw={"fontsize": 8})
+    # Our own colorbar: the display's has no label and takes a fixed share of the axes.
+    fig.colorbar(shown.im_, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fontsize = 9 if annotate else 7
+    ax.tick_params(labelsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if n <= ANNOTATE_MAX_CLASSES:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    color = "white" if norm[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
+    # The colour is the row fraction, but a cell shows its count (none where it is 0), in
+    # white on the darker half of the scale.
+    for (i, j), text in np.ndenumerate(shown.text_ if annotate else np.empty((0, 0))):
+        text.set_text(str(cm[i, j]) if cm[i, j] else "")
+        text.set_color("white" if norm[i, j] > 0.5 else "black")
     # Fixed margins sized for the longest class name: `tight_layout` would measure every tick
     # label (~1 s per figure at 45 classes, paid by every run).
     fontsize_in = fontsize / 72

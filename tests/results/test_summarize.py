@@ -623,3 +623,16 @@ def test_pool_precision_pools_them_and_says_what_it_pooled(client: MlflowClient,
     summary = client.get_run(result.run_id)
     assert summary.data.params["pool_precision"] == "true"
     assert "--pool-precision" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_fetch_runs_reads_every_page(client: MlflowClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One run a page: the library pager must follow the tokens to the last run and experiment.
+    monkeypatch.setattr(summarize_mod, "PAGE_SIZE", 1)
+    made = {make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.9}, seed=str(s))
+            for s in range(3)}
+    make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.9}, status="FAILED")
+    made.add(make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.9},
+                      experiment="other"))
+    ids = summarize_mod._experiment_ids(client, None)
+    assert {client.get_experiment(i).name for i in ids} >= {"rssc", "other"}
+    assert {r.run_id for r in summarize_mod.fetch_runs(client, ids)} == made

@@ -70,3 +70,26 @@ def test_the_mlproject_entry_point_runs_the_cli(isolated_environment, capsys) ->
     out = capsys.readouterr().out
     assert "Transfer to rsscn7: 2 runs (profile smoke; seeds 42,43)" in out
     assert "finetune scratch" in out and "missing backbones (12, not run):" in out
+
+
+def test_registered_backbones_reads_every_page(isolated_environment, monkeypatch) -> None:
+    import mlflow
+    from mlflow.tracking._model_registry import fluent as registry_fluent
+
+    from rssc_mlflow.tracking import registry
+
+    # One model a page: the fluent search must follow the tokens past the first page.
+    monkeypatch.setattr(registry_fluent, "SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT", 1,
+                        raising=True)
+    client = mlflow.MlflowClient()
+    model_dir = isolated_environment / "model"
+    model_dir.mkdir()
+    for key, alias in [("aid", "paper"), ("ucm", "paper"), ("resisc45", "smoke")]:
+        name = f"rssc-resnet50-{key}"
+        client.create_registered_model(name)
+        version = client.create_model_version(name, str(model_dir),
+                                              tags={registry.MV_SOURCE: key})
+        client.set_registered_model_alias(name, alias, version.version)
+    client.create_registered_model("other-model")  # outside the name filter
+    found = {(b.reference, b.model_name, b.trained_on) for b in tr.registered_backbones("paper")}
+    assert found == {("aid", "rssc-resnet50-aid", "aid"), ("ucm", "rssc-resnet50-ucm", "ucm")}

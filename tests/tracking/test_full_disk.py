@@ -84,7 +84,7 @@ def test_disk_full_while_logging_the_model(store, monkeypatch) -> None:
 
 
 def test_disk_full_at_the_first_artifact_fails_before_training(store, monkeypatch) -> None:
-    # log_json_artifact goes through log_artifact (one file), so fail that one.
+    # mlflow.log_dict (the split manifest) goes through log_artifact (one file): fail that one.
     def log_artifact(self, local_file, artifact_path=None):
         raise OSError(errno.ENOSPC, DISK_FULL)
 
