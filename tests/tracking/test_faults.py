@@ -20,7 +20,7 @@ import mlflow
 import pytest
 
 from rssc_mlflow.tracking import runs
-from tests.tracking.conftest import Server, free_port, start_mlflow_server
+from tests.tracking.conftest import Server, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,8 @@ def test_two_concurrent_runs_on_the_embedded_sqlite_store(tmp_path: Path) -> Non
 
 
 def _serve(root: Path, store: str, port: int, name: str) -> Server:
-    """`mlflow server` on a fixed port, store and artifact folder (so it can be restarted)."""
+    """`mlflow server` on a fixed store and artifact folder, on a port the kernel picks (0) or
+    the one the first server got (so it can be restarted where the client looks)."""
     return start_mlflow_server(root, store, port=port, artifacts=root / "artifacts",
                                log_name=name)
 
@@ -133,8 +134,9 @@ def test_run_survives_a_server_restart(tmp_path: Path) -> None:
     MLflow's client retries refused connections with exponential backoff; the environment
     below (documented in docs/RELIABILITY.md) gives it ~2 minutes of retries.
     """
-    store, port, epochs = f"sqlite:///{tmp_path / 'server.db'}", free_port(), 6
-    first = _serve(tmp_path, store, port, "first")
+    store, epochs = f"sqlite:///{tmp_path / 'server.db'}", 6
+    first = _serve(tmp_path, store, 0, "first")
+    port = int(first.uri.rsplit(":", 1)[1])
     second = None
     proc = _client("ucm", first.uri, tmp_path, epochs=epochs, pause_s=0.5,
                    extra_env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8",

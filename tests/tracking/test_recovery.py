@@ -28,7 +28,7 @@ from sklearn.metrics import accuracy_score
 
 from rssc_mlflow.tracking import runs
 from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, load_predictions
-from tests.tracking.conftest import free_port, start_mlflow_server
+from tests.tracking.conftest import start_mlflow_server
 from tests.tracking.test_quiet import ALLOWED, clean_env
 
 pytestmark = pytest.mark.slow
@@ -200,9 +200,10 @@ KILL_SERVER_AFTER_TRAINING = textwrap.dedent("""
 
 def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tmp_path: Path,
                                                                         monkeypatch):
-    store, port = f"sqlite:///{tmp_path / 'server.db'}", free_port()
-    server = start_mlflow_server(tmp_path, store, port=port, artifacts=tmp_path / "artifacts",
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    server = start_mlflow_server(tmp_path, store, artifacts=tmp_path / "artifacts",
                                  log_name="first")
+    port = int(server.uri.rsplit(":", 1)[1])  # the restarted server takes the same one
     env = _env(world, tmp_path, server.uri, SERVER_PID=str(server.process.pid),
                SERVER_PORT=str(port),
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")

@@ -20,7 +20,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import requests
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.tracking import runs
 from rssc_mlflow.tracking.server import server_command
-from tests.tracking.conftest import free_port
+from tests.tracking.conftest import wait_healthy, wait_until_listening
 
 pytestmark = pytest.mark.slow
 
@@ -73,20 +72,6 @@ class AuthServer:
     client_output: str = ""
 
 
-def _wait_healthy(server: AuthServer, log: Path) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log.read_text()[-3000:]}")
-        try:
-            if requests.get(server.uri + "/health", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     root = tmp_path_factory.mktemp("auth-server")
@@ -100,8 +85,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
         authorization_function = mlflow.server.auth:authenticate_request_basic_auth
         auth_cache_ttl_seconds = 300
         """))
-    port = free_port()
-    cmd = server_command(host="127.0.0.1", port=port,
+    cmd = server_command(host="127.0.0.1", port=0,  # the kernel picks a free port
                          backend_store_uri=f"sqlite:///{root / 'server.db'}",
                          artifacts_destination=str(root / "artifacts"), auth=True)
     log = root / "server.log"
@@ -111,9 +95,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     process = subprocess.Popen([*cmd, "--workers", "1"], stdout=log.open("w"),
                                stderr=subprocess.STDOUT, env=env, cwd=root,
                                start_new_session=True)  # its uvicorn child stops with it
-    srv = AuthServer(f"http://127.0.0.1:{port}", root, process)
+    srv = AuthServer("", root, process)
     try:
-        _wait_healthy(srv, log)
+        host, port = wait_until_listening(process, log)
+        srv.uri = f"http://{host}:{port}"
+        wait_healthy(srv.uri, process, log)
         # The authenticated client: a separate process, so all it prints is captured.
         client_env = {**os.environ, "MLFLOW_TRACKING_URI": srv.uri,
                       "MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
