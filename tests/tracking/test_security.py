@@ -199,3 +199,53 @@ def test_credentials_never_stored_or_logged(server: AuthServer,
     leaks = [f"{name} in {where}" for where, data in haystacks.items()
              for name, secret in SECRETS.items() if secret in data]
     assert leaks == []
+
+
+def test_rssc_training_against_the_auth_server(server: AuthServer, world,
+                                               tmp_path: Path) -> None:
+    """`rssc finetune` itself (smoke profile, its own process) against the basic-auth server:
+    without credentials a one-paragraph error and no run; with them a FINISHED run."""
+    admin = mlflow.MlflowClient(server.uri)
+
+    def run_ids() -> set[str]:
+        with _credentials():
+            return {r.info.run_id for e in admin.search_experiments()
+                    for r in admin.search_runs([e.experiment_id])}
+
+    args = [sys.executable, "-m", "rssc_mlflow.cli", "finetune", "--source", "scratch",
+            "--target", "ucm", "--profile", "smoke", "--epochs", "1", "--no-log-model"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env |= {"MLFLOW_TRACKING_URI": server.uri, "RSSC_DATA_DIR": str(world.data_dir),
+            "RSSC_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+            "RSSC_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    before = run_ids()
+    refused = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    message = " ".join(refused.stderr.split())
+    assert (f"error: The MLflow tracking server at {server.uri} refused the request (not "
+            "authenticated or not allowed). Set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment. Nothing was "
+            "trained.") in message, message[-3000:]
+    assert "Traceback" not in refused.stderr and "Epoch 1/1" not in refused.stdout
+    assert run_ids() == before  # no run at all
+
+    env |= {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+    done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (new,) = run_ids() - before
+    with _credentials():
+        run = admin.get_run(new)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    for name, secret in SECRETS.items():  # nor does the CLI print them
+        assert secret.decode() not in done.stdout + done.stderr, name
+
+
+@contextlib.contextmanager
+def _credentials() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", USER)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        yield
