@@ -252,3 +252,46 @@ def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tm
         assert runs.TAG_ERROR not in run.data.tags
     finally:
         server.stop()
+
+
+def test_resume_of_a_run_another_process_trains_is_refused(world, tmp_path: Path):
+    """`rssc finetune --resume RUN` while another `rssc finetune` process trains RUN: refused
+    with the lock's message and exit 1, the run untouched (still RUNNING, no error), and
+    `reproduce`'s test for continuing it (`commands.can_resume`) says no."""
+    import threading
+
+    from rssc_mlflow import commands
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    env = _env(world, tmp_path, uri)
+    args = ["finetune", "--source", "scratch", "--target", "ucm", "--profile", "smoke",
+            "--epochs", "500", "--no-log-model"]  # still training when the resume comes
+    trainer = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines: list[str] = []
+    try:
+        # Keras prints "Epoch 1/500" once fit starts; the lock is taken before: a pipe line
+        # cannot be missed, however slow the machine.
+        while not any(line.startswith("Epoch 1/") for line in lines):
+            line = trainer.stdout.readline()
+            assert line, "the trainer ended before epoch 1: " + "".join(lines)[-3000:]
+            lines.append(line)
+        threading.Thread(target=lambda: lines.extend(trainer.stdout), daemon=True).start()
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        run_id = run.info.run_id
+        refused = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
+        assert trainer.poll() is None, "".join(lines)[-3000:]  # it was training all along
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        folder = tmp_path / "checkpoints" / run_id
+        assert (f"error: Run {run_id} is being trained by another process on this machine (its "
+                f"checkpoint folder {folder} is locked). Wait for it to end, or stop it, before "
+                "resuming.") in " ".join(refused.stderr.split())
+        assert "Traceback" not in refused.stderr and "Epoch 1/" not in refused.stdout
+        run = client.get_run(run_id)
+        assert run.info.status == "RUNNING" and runs.TAG_ERROR not in run.data.tags
+        assert not commands.can_resume(run)  # so `reproduce` leaves it alone
+    finally:
+        trainer.kill()
+        trainer.wait()
