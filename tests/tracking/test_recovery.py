@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -61,17 +62,10 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
     client = mlflow.MlflowClient(uri)
     client.search_experiments()  # the schema exists before two processes use the store
     env = _env(world, tmp_path, uri)
-    log = tmp_path / "killed.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *FINETUNE], env=env,
-                            cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    started = time.monotonic()
+    console = _start(FINETUNE, env, tmp_path)
+    proc = console.proc
     try:
-        # Epoch 1 is backed up (BackupAndRestore writes its metadata last): we are in epoch 2.
-        while not any(json.loads(p.read_text() or "{}").get("epoch") == 1
-                      for p in (tmp_path / "checkpoints").glob("*/training_metadata.json")):
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() - started < 400, "epoch 1 was not backed up in time"
-            time.sleep(0.2)
+        _until_backed_up(console, 1)  # epoch 1 is backed up: we are in epoch 2
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -79,6 +73,8 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
     (killed,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     run_id = killed.info.run_id
     assert killed.info.status == "RUNNING"  # kill -9: nothing could mark it
+    backup = tmp_path / "checkpoints" / run_id / "training_metadata.json"
+    assert json.loads(backup.read_text())["epoch"] == 1  # killed in epoch 2, as intended
     assert [s for s, _ in _history(client, run_id)["loss"]] == [1]
 
     resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
@@ -100,31 +96,53 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
     assert not (tmp_path / "checkpoints" / run_id).exists()  # FINISHED: the backup is gone
 
 
-def _wait_for_backup(proc: subprocess.Popen, log: Path, checkpoints: Path, epochs: int) -> None:
-    """Until the run's backup holds `epochs` finished epochs (Keras writes its metadata last)."""
-    started = time.monotonic()
-    while not any(json.loads(p.read_text() or "{}").get("epoch") == epochs
-                  for p in checkpoints.glob("*/training_metadata.json")):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() - started < 400, f"epoch {epochs} was not backed up in time"
-        time.sleep(0.2)
+class _Console:
+    """A `rssc` process's stdout and stderr, read line by line from its pipe."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self.drain: threading.Thread | None = None
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path) -> _Console:
+    return _Console(subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
+                                     cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True))
+
+
+def _until_backed_up(console: _Console, epochs: int) -> None:
+    """Until `epochs` epochs are backed up: Keras prints "Epoch N+1/..." at the start of the
+    next epoch, after BackupAndRestore saved epoch N at its end. A line in a pipe cannot be
+    missed, however slow the machine; the rest of the output is drained in the background."""
+    while not any(line.startswith(f"Epoch {epochs + 1}/") for line in console.lines):
+        line = console.proc.stdout.readline()
+        assert line, f"ended before epoch {epochs + 1}: " + console.text()[-3000:]
+        console.lines.append(line)
+    console.drain = threading.Thread(target=lambda: console.lines.extend(console.proc.stdout),
+                                     daemon=True)
+    console.drain.start()
 
 
 def _interrupt(args: list[str], env: dict[str, str], tmp_path: Path, sig: signal.Signals,
                after_epochs: int, name: str) -> tuple[int, str]:
     """Run `rssc ARGS` and send it `sig` once `after_epochs` epochs are backed up."""
-    log = tmp_path / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
-                            cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    console = _start(args, env, tmp_path)
+    proc = console.proc
     try:
-        _wait_for_backup(proc, log, tmp_path / "checkpoints", after_epochs)
+        _until_backed_up(console, after_epochs)
         proc.send_signal(sig)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return proc.returncode, " ".join(log.read_text().split())
+    if console.drain is not None:
+        console.drain.join(timeout=60)  # the process is gone: its pipe ends, the thread too
+    (tmp_path / f"{name}.log").write_text(console.text())
+    return proc.returncode, " ".join(console.text().split())
 
 
 def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, tmp_path: Path):
