@@ -615,6 +615,12 @@ def _resume_or(stage: str, resume: str | None, **params: Any) -> RunSettings:
         if stage_of_run != stage:
             raise RsscError(f"Run {resume} is a {stage_of_run} run; resume it with "
                             f"`rssc {stage_of_run} --resume {resume}`.")
+        # Before the run is opened: a refused resume must not mark FAILED the run that another
+        # process is training (tests/tracking/test_recovery.py found it did).
+        folder = config.checkpoint_dir() / resume
+        if folder.is_dir():
+            with _training_lock(folder, resume):
+                pass
         return settings
     return resolve_settings(stage, **params)
 

@@ -175,9 +175,31 @@ def _note_result(run_id: str, result: str) -> None:
         client.set_tag(run_id, TAG_NOTE, "  \n".join([*lines[:-1], f"result: {result}"]))
 
 
+def _create_sqlite_store_once(uri: str) -> None:
+    """Open the SQLite store with an exclusive lock held, so only one process creates its schema.
+
+    MLflow creates the tables and runs its migrations on first use; two processes doing it at
+    once on a new file fail (alembic: "expected to match one row when updating ... in
+    'alembic_version'; 0 found"; tests/tracking/test_faults.py found it). The lock is a file
+    beside the database; MLflow keeps the opened store for the process, so later calls reuse it.
+    """
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.parent.is_dir():
+        return  # MLflow reports the missing folder itself
+    with open(db.with_name(db.name + ".rssc-init.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the OS if killed
+        client = mlflow.MlflowClient(uri)
+        client.search_experiments(max_results=1)  # the tracking tables
+        client.search_registered_models(max_results=1)  # the registry's, if it is this file
+
+
 def check_tracking_reachable(timeout_s: float = 10.0) -> None:
     """Fail fast, before any training, when an HTTP tracking server does not answer."""
     uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store_once(uri)
     if not uri.startswith(("http://", "https://")):
         return
     import requests

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -226,6 +232,72 @@ def test_a_killed_writers_disk_cache_is_rebuilt(tmp_path: Path) -> None:
     again = _epochs(examples.take(0), 5, cache="disk", cache_path=tmp_path / "cache",
                     num_examples=8)
     np.testing.assert_array_equal(again[1][0], expected[1][0])
+
+
+# A writer of the training disk cache that stops (blocks) after its 3rd image, mid-epoch 1,
+# and says so on its stdout: the test then kill -9s it there, lockfile and partial file in place.
+BLOCKED_WRITER = textwrap.dedent("""
+    import sys, time
+    import tensorflow as tf
+    from pathlib import Path
+    from rssc_mlflow.data import pipeline
+    from tests.data.test_pipeline import CROP, _examples, _images
+
+    whole = list(_examples(_images(8)).as_numpy_iterator())
+
+    def source():
+        for i, example in enumerate(whole):
+            if i == 3:
+                print("blocked after 3 images", flush=True)
+                time.sleep(600)  # until killed
+            yield example
+
+    spec = {"filename": tf.TensorSpec((), tf.string), "image": tf.TensorSpec((), tf.string),
+            "label": tf.TensorSpec((), tf.int64)}
+    examples = tf.data.Dataset.from_generator(source, output_signature=spec)
+    ds = pipeline.make_dataset(examples, training=True, crop=CROP, batch_size=2,
+                               preprocessing="unit", seed=5, epochs=2, deterministic=True,
+                               cache="disk", cache_path=Path(sys.argv[1]), num_examples=8)
+    for _ in ds:
+        pass
+""")
+
+
+@pytest.mark.slow
+def test_a_disk_cache_writer_killed_for_real_is_rebuilt(tmp_path: Path) -> None:
+    """kill -9 of a real process while it writes the disk cache in epoch 1; the next reader
+    of that cache removes what it left, rebuilds it and reads the same epochs as no cache."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED_WRITER, str(tmp_path / "cache")],
+                            cwd=root, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    prefix = tmp_path / f"cache-train-{RESIZE}px-n8"
+    lockfile = Path(f"{prefix}_0.lockfile")
+    try:
+        out = []
+        for line in proc.stdout:  # a pipe line: cannot be missed
+            out.append(line)
+            if line.startswith("blocked"):
+                break
+        assert proc.poll() is None, "".join(out)[-3000:]
+        # The writer is blocked, so the lockfile it takes with its first image stays put.
+        deadline = time.monotonic() + 60
+        while not lockfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lockfile.exists(), sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not Path(f"{prefix}.index").exists()  # it died mid-write
+    examples = _examples(_images(8))
+    expected = _epochs(examples, 5, cache="none")
+    got = _epochs(examples, 5, cache="disk", cache_path=tmp_path / "cache")
+    for (x, y), (xr, yr) in zip(got, expected):
+        np.testing.assert_array_equal(x, xr)
+        np.testing.assert_array_equal(y, yr)
+    assert Path(f"{prefix}.index").exists() and not lockfile.exists()
 
 
 def test_eval_is_deterministic_and_ordered() -> None:

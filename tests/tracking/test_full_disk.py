@@ -3,12 +3,16 @@
 The fault is injected into MLflow's local artifact repository (what the SQLite store writes
 through): when asked to store the model, it writes part of the files, truncates the largest one,
 then raises ENOSPC, like a disk filling up mid-copy. A second case fills the disk at the first
-artifact of a run (the split manifest, before any training).
+artifact of a run (the split manifest, before any training). Both are also injected for real,
+on a 4 MiB tmpfs holding the experiment's artifacts (skipped where mounting is not permitted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import shutil
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -107,3 +111,62 @@ def test_cli_reports_a_full_disk_as_one_paragraph(monkeypatch) -> None:
     result = runner.invoke(app, ["pretrain", "--source", "ucm", "--profile", "smoke"])
     assert result.exit_code == 1 and result.stderr.startswith("error: ")
     assert DISK_FULL in result.stderr and "Free space" in result.stderr
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs; we run as root in CI), skipped where mounting is not
+    permitted: the simulations above then stand alone."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _artifacts_on(disk: Path, store: mlflow.MlflowClient) -> None:
+    """The `rssc` experiment keeps its artifacts on `disk`; the store itself is elsewhere."""
+    store.create_experiment(runs.experiment_name(), artifact_location=(disk / "art").as_uri())
+
+
+def test_real_full_disk_while_logging_the_model(store, small_disk) -> None:
+    """4 MiB take the split manifest and the evaluation artifacts, not ResNet-50's ~90 MB."""
+    _artifacts_on(small_disk, store)
+    result = runner.invoke(app, ["pretrain", "--source", "ucm", "--profile", "smoke"])
+    assert result.exit_code == 1, result.output[-3000:]
+    assert "\nerror: " in "\n" + result.stderr and DISK_FULL in result.stderr
+    assert "Traceback" not in result.stderr and "Free space" in result.stderr
+    run = _only_run(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[runs.TAG_ERROR].startswith(f"OSError: [Errno 28] {DISK_FULL}")
+    assert "test_accuracy" in run.data.metrics  # the evaluation was logged before the model
+    assert store.search_model_versions("name LIKE 'rssc-resnet50-%'") == []
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         output_format="list")
+    assert [m.status.name for m in logged] == ["FAILED"]
+    assert mlflow.active_run() is None
+
+
+def test_real_full_disk_at_the_first_artifact(store, small_disk, monkeypatch) -> None:
+    _artifacts_on(small_disk, store)
+    filler = small_disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb") as out:
+        while True:  # until the filesystem refuses: really full
+            out.write(b"\0" * 65536)
+            out.flush()
+    trained = []
+    monkeypatch.setattr(commands.fit_lib, "fit", lambda *a, **k: trained.append(1))
+    result = runner.invoke(app, ["pretrain", "--source", "ucm", "--profile", "smoke"])
+    assert result.exit_code == 1 and DISK_FULL in result.stderr, result.output[-3000:]
+    assert "Traceback" not in result.stderr
+    assert trained == []  # failed at the split manifest: no training
+    run = _only_run(store)
+    assert run.info.status == "FAILED" and DISK_FULL in run.data.tags[runs.TAG_ERROR]
+    assert store.search_model_versions("name LIKE 'rssc-resnet50-%'") == []

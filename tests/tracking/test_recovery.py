@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from sklearn.metrics import accuracy_score
 
 from rssc_mlflow.tracking import runs
 from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, load_predictions
-from tests.tracking.conftest import free_port, start_mlflow_server
+from tests.tracking.conftest import start_mlflow_server
 from tests.tracking.test_quiet import ALLOWED, clean_env
 
 pytestmark = pytest.mark.slow
@@ -61,17 +62,10 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
     client = mlflow.MlflowClient(uri)
     client.search_experiments()  # the schema exists before two processes use the store
     env = _env(world, tmp_path, uri)
-    log = tmp_path / "killed.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *FINETUNE], env=env,
-                            cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    started = time.monotonic()
+    console = _start(FINETUNE, env, tmp_path)
+    proc = console.proc
     try:
-        # Epoch 1 is backed up (BackupAndRestore writes its metadata last): we are in epoch 2.
-        while not any(json.loads(p.read_text() or "{}").get("epoch") == 1
-                      for p in (tmp_path / "checkpoints").glob("*/training_metadata.json")):
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() - started < 400, "epoch 1 was not backed up in time"
-            time.sleep(0.2)
+        _until_backed_up(console, 1)  # epoch 1 is backed up: we are in epoch 2
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -79,6 +73,8 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
     (killed,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     run_id = killed.info.run_id
     assert killed.info.status == "RUNNING"  # kill -9: nothing could mark it
+    backup = tmp_path / "checkpoints" / run_id / "training_metadata.json"
+    assert json.loads(backup.read_text())["epoch"] == 1  # killed in epoch 2, as intended
     assert [s for s, _ in _history(client, run_id)["loss"]] == [1]
 
     resumed = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
@@ -100,31 +96,53 @@ def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_p
     assert not (tmp_path / "checkpoints" / run_id).exists()  # FINISHED: the backup is gone
 
 
-def _wait_for_backup(proc: subprocess.Popen, log: Path, checkpoints: Path, epochs: int) -> None:
-    """Until the run's backup holds `epochs` finished epochs (Keras writes its metadata last)."""
-    started = time.monotonic()
-    while not any(json.loads(p.read_text() or "{}").get("epoch") == epochs
-                  for p in checkpoints.glob("*/training_metadata.json")):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() - started < 400, f"epoch {epochs} was not backed up in time"
-        time.sleep(0.2)
+class _Console:
+    """A `rssc` process's stdout and stderr, read line by line from its pipe."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self.drain: threading.Thread | None = None
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path) -> _Console:
+    return _Console(subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
+                                     cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True))
+
+
+def _until_backed_up(console: _Console, epochs: int) -> None:
+    """Until `epochs` epochs are backed up: Keras prints "Epoch N+1/..." at the start of the
+    next epoch, after BackupAndRestore saved epoch N at its end. A line in a pipe cannot be
+    missed, however slow the machine; the rest of the output is drained in the background."""
+    while not any(line.startswith(f"Epoch {epochs + 1}/") for line in console.lines):
+        line = console.proc.stdout.readline()
+        assert line, f"ended before epoch {epochs + 1}: " + console.text()[-3000:]
+        console.lines.append(line)
+    console.drain = threading.Thread(target=lambda: console.lines.extend(console.proc.stdout),
+                                     daemon=True)
+    console.drain.start()
 
 
 def _interrupt(args: list[str], env: dict[str, str], tmp_path: Path, sig: signal.Signals,
                after_epochs: int, name: str) -> tuple[int, str]:
     """Run `rssc ARGS` and send it `sig` once `after_epochs` epochs are backed up."""
-    log = tmp_path / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
-                            cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    console = _start(args, env, tmp_path)
+    proc = console.proc
     try:
-        _wait_for_backup(proc, log, tmp_path / "checkpoints", after_epochs)
+        _until_backed_up(console, after_epochs)
         proc.send_signal(sig)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return proc.returncode, " ".join(log.read_text().split())
+    if console.drain is not None:
+        console.drain.join(timeout=60)  # the process is gone: its pipe ends, the thread too
+    (tmp_path / f"{name}.log").write_text(console.text())
+    return proc.returncode, " ".join(console.text().split())
 
 
 def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, tmp_path: Path):
@@ -200,9 +218,10 @@ KILL_SERVER_AFTER_TRAINING = textwrap.dedent("""
 
 def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tmp_path: Path,
                                                                         monkeypatch):
-    store, port = f"sqlite:///{tmp_path / 'server.db'}", free_port()
-    server = start_mlflow_server(tmp_path, store, port=port, artifacts=tmp_path / "artifacts",
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    server = start_mlflow_server(tmp_path, store, artifacts=tmp_path / "artifacts",
                                  log_name="first")
+    port = int(server.uri.rsplit(":", 1)[1])  # the restarted server takes the same one
     env = _env(world, tmp_path, server.uri, SERVER_PID=str(server.process.pid),
                SERVER_PORT=str(port),
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
@@ -251,3 +270,46 @@ def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tm
         assert runs.TAG_ERROR not in run.data.tags
     finally:
         server.stop()
+
+
+def test_resume_of_a_run_another_process_trains_is_refused(world, tmp_path: Path):
+    """`rssc finetune --resume RUN` while another `rssc finetune` process trains RUN: refused
+    with the lock's message and exit 1, the run untouched (still RUNNING, no error), and
+    `reproduce`'s test for continuing it (`commands.can_resume`) says no."""
+    import threading
+
+    from rssc_mlflow import commands
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    env = _env(world, tmp_path, uri)
+    args = ["finetune", "--source", "scratch", "--target", "ucm", "--profile", "smoke",
+            "--epochs", "500", "--no-log-model"]  # still training when the resume comes
+    trainer = subprocess.Popen([sys.executable, "-m", "rssc_mlflow.cli", *args], env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines: list[str] = []
+    try:
+        # Keras prints "Epoch 1/500" once fit starts; the lock is taken before: a pipe line
+        # cannot be missed, however slow the machine.
+        while not any(line.startswith("Epoch 1/") for line in lines):
+            line = trainer.stdout.readline()
+            assert line, "the trainer ended before epoch 1: " + "".join(lines)[-3000:]
+            lines.append(line)
+        threading.Thread(target=lambda: lines.extend(trainer.stdout), daemon=True).start()
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        run_id = run.info.run_id
+        refused = _rssc(["finetune", "--resume", run_id, "--no-log-model"], env, tmp_path)
+        assert trainer.poll() is None, "".join(lines)[-3000:]  # it was training all along
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        folder = tmp_path / "checkpoints" / run_id
+        assert (f"error: Run {run_id} is being trained by another process on this machine (its "
+                f"checkpoint folder {folder} is locked). Wait for it to end, or stop it, before "
+                "resuming.") in " ".join(refused.stderr.split())
+        assert "Traceback" not in refused.stderr and "Epoch 1/" not in refused.stdout
+        run = client.get_run(run_id)
+        assert run.info.status == "RUNNING" and runs.TAG_ERROR not in run.data.tags
+        assert not commands.can_resume(run)  # so `reproduce` leaves it alone
+    finally:
+        trainer.kill()
+        trainer.wait()

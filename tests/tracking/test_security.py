@@ -20,7 +20,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import requests
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.tracking import runs
 from rssc_mlflow.tracking.server import server_command
-from tests.tracking.conftest import free_port
+from tests.tracking.conftest import wait_healthy, wait_until_listening
 
 pytestmark = pytest.mark.slow
 
@@ -73,20 +72,6 @@ class AuthServer:
     client_output: str = ""
 
 
-def _wait_healthy(server: AuthServer, log: Path) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {log.read_text()[-3000:]}")
-        try:
-            if requests.get(server.uri + "/health", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"mlflow server did not start: {log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     root = tmp_path_factory.mktemp("auth-server")
@@ -100,8 +85,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
         authorization_function = mlflow.server.auth:authenticate_request_basic_auth
         auth_cache_ttl_seconds = 300
         """))
-    port = free_port()
-    cmd = server_command(host="127.0.0.1", port=port,
+    cmd = server_command(host="127.0.0.1", port=0,  # the kernel picks a free port
                          backend_store_uri=f"sqlite:///{root / 'server.db'}",
                          artifacts_destination=str(root / "artifacts"), auth=True)
     log = root / "server.log"
@@ -111,9 +95,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     process = subprocess.Popen([*cmd, "--workers", "1"], stdout=log.open("w"),
                                stderr=subprocess.STDOUT, env=env, cwd=root,
                                start_new_session=True)  # its uvicorn child stops with it
-    srv = AuthServer(f"http://127.0.0.1:{port}", root, process)
+    srv = AuthServer("", root, process)
     try:
-        _wait_healthy(srv, log)
+        host, port = wait_until_listening(process, log)
+        srv.uri = f"http://{host}:{port}"
+        wait_healthy(srv.uri, process, log)
         # The authenticated client: a separate process, so all it prints is captured.
         client_env = {**os.environ, "MLFLOW_TRACKING_URI": srv.uri,
                       "MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
@@ -213,3 +199,53 @@ def test_credentials_never_stored_or_logged(server: AuthServer,
     leaks = [f"{name} in {where}" for where, data in haystacks.items()
              for name, secret in SECRETS.items() if secret in data]
     assert leaks == []
+
+
+def test_rssc_training_against_the_auth_server(server: AuthServer, world,
+                                               tmp_path: Path) -> None:
+    """`rssc finetune` itself (smoke profile, its own process) against the basic-auth server:
+    without credentials a one-paragraph error and no run; with them a FINISHED run."""
+    admin = mlflow.MlflowClient(server.uri)
+
+    def run_ids() -> set[str]:
+        with _credentials():
+            return {r.info.run_id for e in admin.search_experiments()
+                    for r in admin.search_runs([e.experiment_id])}
+
+    args = [sys.executable, "-m", "rssc_mlflow.cli", "finetune", "--source", "scratch",
+            "--target", "ucm", "--profile", "smoke", "--epochs", "1", "--no-log-model"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env |= {"MLFLOW_TRACKING_URI": server.uri, "RSSC_DATA_DIR": str(world.data_dir),
+            "RSSC_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+            "RSSC_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    before = run_ids()
+    refused = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    message = " ".join(refused.stderr.split())
+    assert (f"error: The MLflow tracking server at {server.uri} refused the request (not "
+            "authenticated or not allowed). Set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment. Nothing was "
+            "trained.") in message, message[-3000:]
+    assert "Traceback" not in refused.stderr and "Epoch 1/1" not in refused.stdout
+    assert run_ids() == before  # no run at all
+
+    env |= {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+    done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (new,) = run_ids() - before
+    with _credentials():
+        run = admin.get_run(new)
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    for name, secret in SECRETS.items():  # nor does the CLI print them
+        assert secret.decode() not in done.stdout + done.stderr, name
+
+
+@contextlib.contextmanager
+def _credentials() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", USER)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+        yield
