@@ -1,4 +1,4 @@
-"""`python -m rssc_mlflow.mlproject STAGE --key value ...`: the command of every MLproject entry point.
+"""`python -m rssc_mlflow.mlproject STAGE --key value ...`: every MLproject entry point's command.
 
 MLflow fills the declared parameters into the command and appends the others as `--key value`
 (`-P batch_size=8` -> `--batch_size 8`). This turns those pairs into `rssc STAGE` options, read
@@ -22,7 +22,7 @@ from rssc_mlflow.cli import app
 NOT_GIVEN = ("default", "")
 
 
-def command(stage: str):  # noqa: ANN201 - typer's own (vendored) click Command
+def command(stage: str):  # -> typer's own (vendored) click Command
     """The click command behind `rssc STAGE`."""
     found = typer.main.get_command(app).commands.get(stage)  # type: ignore[attr-defined]
     if found is None:
@@ -30,7 +30,7 @@ def command(stage: str):  # noqa: ANN201 - typer's own (vendored) click Command
     return found
 
 
-def is_argument(param) -> bool:  # noqa: ANN001
+def is_argument(param) -> bool:
     # By name, not class: typer >= 0.29 vendors click, so click.Argument is not its class.
     return getattr(param, "param_type_name", "") == "argument"
 
