@@ -552,35 +552,6 @@ def server(
     os.execvp(cmd[0], cmd)
 
 
-# Options that are flags on the command line and "true"/"false" as MLproject parameters.
-_FLAGS = ("--standardize", "--log-model", "--allow-any-version", "--plan", "--log-model-finetune",
-          "--pool-precision")
-
-
-def run_entry_point(command: str, argv: list[str], positional: int = 0) -> None:
-    """MLproject scripts: `--name value` pairs -> `rssc COMMAND ...`.
-
-    The first `positional` values of `argv` are arguments (`rssc transfer NAME`). MLflow
-    appends undeclared parameters as `--batch_size 8`: underscores become dashes. A value
-    "default" (or empty) is dropped, so the command uses its default.
-    """
-    args: list[str] = list(argv[:positional])
-    it = iter(argv[positional:])
-    for flag in it:
-        value = next(it, "")
-        flag = "--" + flag.removeprefix("--").replace("_", "-")
-        if value in ("default", ""):
-            continue
-        if flag in _FLAGS:
-            if value.lower() not in ("true", "false"):
-                raise SystemExit(f"error: {flag.removeprefix('--')} must be true or false, "
-                                 f"not {value!r}.")
-            args.append(flag if value.lower() == "true" else flag.replace("--", "--no-", 1))
-            continue
-        args += [flag, value]
-    app([command, *args], prog_name="rssc")
-
-
 def main() -> None:  # pragma: no cover - console script
     app(prog_name="rssc")
 

@@ -1,9 +1,9 @@
 """The library API behind every entry point: pretrain, adapt, extract, probe, finetune.
 
-The CLI (`rssc ...`), the MLproject scripts and Python users all call these functions. Each one
-resolves its settings and inputs *before* opening an MLflow run (so bad input costs nothing and
-leaves no run), then does its work inside `tracked_run`, which marks the run FAILED with the
-reason if anything goes wrong.
+The CLI (`rssc ...`, which the MLproject shim calls) and Python users all call these functions.
+Each one resolves its settings and inputs *before* opening an MLflow run (so bad input costs
+nothing and leaves no run), then does its work inside `tracked_run`, which marks the run FAILED
+with the reason if anything goes wrong.
 """
 
 from __future__ import annotations

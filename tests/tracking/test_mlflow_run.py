@@ -82,5 +82,8 @@ def test_mlflow_run_entry_points(world, monkeypatch, tmp_path):
     assert by_library["epochs"] == "1" and by_library["lr"] == "0.0003"
     assert by_library["preprocessing"] == "unit" and by_library["log_model"] == "false"
     assert not {"solver", "standardize", "resume"} & set(by_library)  # probe's, not finetune's
-    assert "default" not in by_library.values()
+    # No placeholder reached a parameter; dataset_options=default is prepare's own value (the
+    # dataset was prepared without switches), logged since fb262ab.
+    assert by_library["dataset_options"] == "default"
+    assert "default" not in {k: v for k, v in by_library.items() if k != "dataset_options"}.values()
     assert not any(k.startswith("effective_") for k in by_library)
