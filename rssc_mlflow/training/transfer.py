@@ -79,6 +79,7 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
                               keras.layers.Dense(num_classes, activation=activation)])
     probe.compile(optimizer=keras.optimizers.Adam(lr or protocol.PROBE_LR), loss=loss)
     ds, steps = probe_epochs(train_x, train_y, batch_size=batch_size, seed=seed)
-    hist = probe.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0)
+    hist = probe.fit(ds, epochs=epochs, steps_per_epoch=steps, shuffle=False,  # ds shuffles
+                     verbose=0)
     rows = [{k: float(v[i]) for k, v in hist.history.items()} for i in range(epochs)]
     return ProbeResult(np.asarray(probe.predict(test_x, batch_size=1024, verbose=0), np.float32), rows)

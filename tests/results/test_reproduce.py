@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -460,20 +460,28 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     argv = [sys.executable, "-m", "rssc_mlflow.results.reproduce", "--profile", "smoke",
             "--only", "table3", "--no-log-model-finetune"]  # 3 pretrains, 3 probes
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    started = time.monotonic()
     first = subprocess.Popen([*argv, "--json", str(root / "first.json")], env=env, cwd=root,
-                             stdout=subprocess.DEVNULL, stderr=(root / "first.log").open("w"))
-    try:  # killed with 2 runs FINISHED and a pretrain training (its checkpoint folder made)
-        while len(_finished(client)) < 2 or not _training(client):
-            assert first.poll() is None, (root / "first.log").read_text()[-3000:]
-            assert time.monotonic() - started < 400, "no two runs finished in time"
-            time.sleep(0.5)
+                             stdout=subprocess.PIPE, text=True,
+                             stderr=(root / "first.log").open("w"))
+    # Killed when the third pretrain announces itself: an event in a pipe, which cannot be
+    # missed. Runs go one at a time, so two are FINISHED, and the third is open with its
+    # checkpoint folder made and locked (the announcement comes after both).
+    opened: list[str] = []
+    try:
+        for line in first.stdout:
+            found = re.match(r"\[rssc\] .*: \d+ training images, .*run (\w+)$", line.strip())
+            if found:
+                opened.append(found.group(1))
+            if len(opened) == 3:
+                break
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    assert len(opened) == 3, (root / "first.log").read_text()[-3000:]
     before = {r.info.run_id: _cell(r) for r in _finished(client)}
-    assert len(before) >= 2
+    assert len(before) == 2 and set(before) == set(opened[:2])
     (interrupted,) = [r.info.run_id for r in _training(client)]
+    assert interrupted == opened[2]
 
     # The re-run goes through two pooled worker processes (what `rssc demo` uses).
     second = subprocess.run([*argv, "--parallel", "2", "--reuse-models",
