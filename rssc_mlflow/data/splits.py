@@ -75,14 +75,6 @@ class SplitManifest:
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-    @property
-    def num_train(self) -> int:
-        return len(self.train)
-
-    @property
-    def num_test(self) -> int:
-        return len(self.test)
-
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data = {"format_version": FORMAT_VERSION, **data}

@@ -612,12 +612,3 @@ def write_custom_tree(out: Path, class_folders: Sequence[str], images_per_class:
     (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1, ensure_ascii=False) + "\n")
     return out
 
-
-if __name__ == "__main__":  # python -m rssc_mlflow.data.synth OUT [images_per_class] [size]
-    import sys
-
-    args = sys.argv[1:]
-    if not args:
-        sys.exit("usage: python -m rssc_mlflow.data.synth OUT [images_per_class] [image_size]")
-    paths = write_synthetic(Path(args[0]), None, *(int(a) for a in args[1:3]))
-    print("\n".join(f"{k}: {p}" for k, p in paths.items()))

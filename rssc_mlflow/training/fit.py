@@ -152,16 +152,6 @@ def compile_model(model: keras.Model, *, task: str, run_eagerly: bool = False) -
     fast_conv_gradients(model)
 
 
-def compile_for_training(model: keras.Model, *, task: str, peak_lr: float, steps_per_epoch: int,
-                         epochs: int, warmup_epochs: int, run_eagerly: bool = False
-                         ) -> WarmupStepDecay:
-    """Adam on the protocol's schedule (applied by `fit`); loss and metrics follow the task."""
-    schedule = make_schedule(peak_lr=peak_lr, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                             warmup_epochs=warmup_epochs)
-    compile_model(model, task=task, run_eagerly=run_eagerly)
-    return schedule
-
-
 def prebuild(model: keras.Model, data: tf.data.Dataset) -> None:
     """Build the compiled metrics and the optimizer before the train step is traced.
 
@@ -191,7 +181,7 @@ def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | No
     The evaluation split is passed as validation data, as the authors did: it is reported each
     epoch and never used for model selection (the last epoch is the result). `eval_ds=None`
     skips it (the `demo` profile: the final evaluation is made after `fit` anyway).
-    The model must have been compiled by `compile_model`/`compile_for_training`: the rate of
+    The model must have been compiled by `compile_model`: the rate of
     every step comes from `schedule`. Returns the epoch training started from (0 unless resumed).
 
     A resumed run restores weights, optimizer state and the epoch from the backup, then asks

@@ -371,11 +371,6 @@ def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
     return model
 
 
-def train_function_of(model: keras.Model) -> Any:
-    """The model's cached Keras train function (None before its first `fit`)."""
-    return getattr(model, "train_function", None)
-
-
 # --- Feature extraction ------------------------------------------------------------------------
 
 
