@@ -438,10 +438,6 @@ def log_dataset_input(name: str, path: Path, digest: str, context: str,
                      tags=dict(tags or {}))
 
 
-# The old name of mlflow.log_dict here (obj, "split/x.json"): test scripts still call it.
-log_json_artifact = mlflow.log_dict
-
-
 def announce(message: str) -> None:
     """Console progress for long runs (typer echo without importing typer here)."""
     print(f"[rssc] {message}", flush=True)

@@ -37,7 +37,7 @@ CLIENT = textwrap.dedent("""
             mlflow.log_metrics({"loss": 1.0 / epoch, "accuracy": epoch / epochs}, step=epoch)
             print(f"epoch {epoch}", flush=True)
             time.sleep(pause)
-        runs.log_json_artifact({"client": name}, "split/manifest.json")
+        mlflow.log_dict({"client": name}, "split/manifest.json")
         model = pathlib.Path(os.environ["WORK"]) / f"{name}-model.bin"
         model.write_bytes(os.urandom(2_000_000))  # stands in for the model file
         mlflow.log_artifact(str(model), artifact_path="model")

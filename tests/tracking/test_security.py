@@ -54,7 +54,7 @@ CLIENT = textwrap.dedent("""
         runs.log_params({"epochs": 1, "batch_size": 8, "lr": "default"})
         mlflow.log_metrics({"loss": 0.5, "accuracy": 0.25}, step=1)
         runs.log_history(run.info.run_id, [{"val_loss": 0.7}, {"val_loss": 0.6}])
-        runs.log_json_artifact({"train": ["a.jpg"], "test": ["b.jpg"]}, "split/ucm-source.json")
+        mlflow.log_dict({"train": ["a.jpg"], "test": ["b.jpg"]}, "split/ucm-source.json")
         note = pathlib.Path(tempfile.mkdtemp()) / "per_class_report.txt"
         note.write_text("accuracy 0.25")
         mlflow.log_artifact(str(note), artifact_path="evaluation")
