@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from rssc_mlflow import __version__
 from rssc_mlflow.errors import Interrupted, RsscError
+from rssc_mlflow.naming import run_name  # noqa: F401 - its home is naming (no MLflow there)
 from rssc_mlflow.settings import TRAINING_STAGES
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,6 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def run_name(stage: str, source: str, target: str = "") -> str:
-    """The label of a run on the console: 'finetune mlrsnet_sl -> ucm', 'pretrain resisc45'."""
-    return f"{stage} {source} -> {target}" if target else f"{stage} {source}"
 
 
 # The runs table of MLflow 3's UI gives run names 190 px (about 24 characters): there a run is
