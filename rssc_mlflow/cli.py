@@ -46,14 +46,17 @@ def friendly(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except Interrupted as exc:
+            _tell_parent(f"{type(exc).__name__}: {exc.message()}")
             typer.echo(f"error: {exc.message()}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except RsscError as exc:
+            _tell_parent(f"{type(exc).__name__}: {exc}")
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
+            _tell_parent(f"{type(exc).__name__}: {exc}")
             where = f" while writing {exc.filename}" if exc.filename else ""
             typer.echo(f"error: {exc.strerror or exc}{where}. Free space on that disk (datasets: "
                        "RSSC_DATA_DIR; checkpoints and caches live beside them; artifacts: the "
@@ -62,6 +65,13 @@ def friendly(func: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _tell_parent(reason: str) -> None:
+    """A failed command run by `rssc reproduce` as a child: say why in its result file."""
+    from rssc_mlflow.results.reproduce.outcome import report_to_parent
+
+    report_to_parent({"status": "failed", "reason": reason})
 
 
 def _echo_json(obj: Any) -> None:
@@ -288,6 +298,11 @@ def _require(resume: str | None, **options: str | None) -> None:
 
 
 def _report(result) -> None:
+    from rssc_mlflow.results.reproduce.outcome import report_to_parent
+
+    # For `rssc reproduce`, whose child this may be: the outcome as data, not console text.
+    report_to_parent({"status": "ran", "run_id": result.run_id,
+                      "metrics": {k: float(v) for k, v in result.metrics.items()}})
     if result.synthetic:
         typer.echo("SYNTHETIC DATA: not comparable to the paper.")
     typer.echo(f"run {result.run_id} FINISHED " + " ".join(
@@ -414,6 +429,7 @@ def reproduce(
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models (many short runs, e.g. on a CPU) instead of one process per run.")] = False,
     gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
 ) -> None:
     """Run the paper's grid in dependency order; re-running skips what is already done."""
     from rssc_mlflow.results.reproduce import reproduce as run_grid
@@ -426,6 +442,8 @@ def reproduce(
                       reuse_models=reuse_models, gpus_per_run=gpus_per_run,
                       progress=lambda m: typer.echo(m, err=True))
     typer.echo(report.table())
+    if as_json:
+        as_json.write_text(json.dumps(report.to_json(), indent=1))
     if not report.ok:
         raise typer.Exit(1)
 

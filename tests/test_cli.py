@@ -122,3 +122,41 @@ def test_summarize_pool_precision_reaches_summarize(monkeypatch, tmp_path):
         mlproject.main(["summarize", "--pool_precision", "true"])
     assert done.value.code in (0, None)
     assert asked == [True, False, True]
+
+
+def test_a_stage_reports_its_outcome_to_reproduce_in_the_result_file(monkeypatch, tmp_path):
+    """`rssc reproduce` runs `rssc STAGE` as a child and reads this file, never the console."""
+    from rssc_mlflow import commands
+    from rssc_mlflow.errors import DatasetError
+    from rssc_mlflow.results.reproduce import outcome
+
+    result_file = tmp_path / "out" / "result.json"
+    monkeypatch.setenv(outcome.RESULT_FILE_ENV, str(result_file))
+    finished = type("Result", (), {"run_id": "abc123", "metrics": {"test_accuracy": 0.25},
+                                   "synthetic": False, "model_name": ""})()
+    monkeypatch.setattr(commands, "pretrain", lambda *a, **k: finished)
+    done = runner.invoke(app, ["pretrain", "--source", "ucm", "--profile", "smoke"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(result_file.read_text()) == {
+        "status": "ran", "run_id": "abc123", "metrics": {"test_accuracy": 0.25}}
+    assert outcome.read_result(result_file)["run_id"] == "abc123"
+
+    def fail(*args, **kwargs):
+        raise DatasetError("ucm is not prepared")
+
+    monkeypatch.setattr(commands, "pretrain", fail)
+    done = runner.invoke(app, ["pretrain", "--source", "ucm", "--profile", "smoke"])
+    assert done.exit_code == 1
+    assert json.loads(result_file.read_text()) == {
+        "status": "failed", "reason": "DatasetError: ucm is not prepared"}
+    assert not list(result_file.parent.glob("*.tmp"))  # written whole, then renamed
+
+
+def test_reproduce_json_writes_the_report(data_dir, tmp_path):
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["reproduce", "--profile", "smoke", "--only", "table3", "--plan",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["plan_only"] is True and len(report["planned"]) == 6
+    assert [p["stage"] for p in report["planned"]] == ["pretrain"] * 3 + ["probe"] * 3

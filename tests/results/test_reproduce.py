@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import mlflow
@@ -20,6 +21,8 @@ from rssc_mlflow import protocol
 from rssc_mlflow.data import splits
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import paper, reproduce as rep
+from rssc_mlflow.results.reproduce import kubernetes as kube
+from rssc_mlflow.results.reproduce import outcome, runner
 from rssc_mlflow.tracking import runs as tags
 
 TABLES34 = ["table3", "table4"]
@@ -190,7 +193,7 @@ def test_kubernetes_backend_calls_in_order(isolated_environment: Path,
 
     _prepare(isolated_environment)
     project = _kube_project(isolated_environment)
-    monkeypatch.setattr(rep, "PROJECT_ROOT", project)
+    monkeypatch.setattr(kube, "PROJECT_ROOT", project)
     monkeypatch.setattr(commands, "fingerprint_for", lambda *a, **k: "fp")
     client = MlflowClient()
     calls: list[dict] = []
@@ -240,7 +243,7 @@ def test_failure_blocks_dependents_only(isolated_environment: Path,
 
     _prepare(isolated_environment)
     project = _kube_project(isolated_environment)
-    monkeypatch.setattr(rep, "PROJECT_ROOT", project)
+    monkeypatch.setattr(kube, "PROJECT_ROOT", project)
     (project / "kubernetes" / "job_template.yaml").write_text(
         "apiVersion: batch/v1\nkind: Job\nmetadata: {name: x, namespace: rssc}\n")
     (project / "kubernetes" / "backend_config.json").write_text(
@@ -276,7 +279,7 @@ def test_kubernetes_needs_docker_env(isolated_environment: Path,
     _prepare(isolated_environment)
     project = _kube_project(isolated_environment)
     (project / "kubernetes" / "MLproject").write_text("name: rssc-mlflow\nconda_env: conda.yaml\n")
-    monkeypatch.setattr(rep, "PROJECT_ROOT", project)
+    monkeypatch.setattr(kube, "PROJECT_ROOT", project)
     with pytest.raises(RsscError, match="docker_env"):
         rep.reproduce("smoke", only=TABLES34, backend="kubernetes", progress=lambda m: None)
 
@@ -292,26 +295,31 @@ def test_parallel_local_uses_subprocesses(isolated_environment: Path,
     running: list[int] = []
     peak = [0]
     argvs: list[list[str]] = []
+    changed = threading.Condition()
 
     class FakePopen:
+        """A child that reports through its result file and ends when waited for, once two
+        children have overlapped (so a backend that ran them one by one would show peak 1)."""
+
         def __init__(self, argv, stdout, stderr, env):
-            argvs.append(argv)
             assert env["MLFLOW_TRACKING_URI"] == mlflow.get_tracking_uri()
-            stdout.write(f"run id{len(argvs)} FINISHED test_accuracy=0.5000\n")
-            self.pid, self.polls, self.returncode = len(argvs), 0, None
-            running.append(self.pid)
-            peak[0] = max(peak[0], len(running))
+            with changed:
+                argvs.append(argv)
+                self.pid, self.returncode = len(argvs), None
+                running.append(self.pid)
+                peak[0] = max(peak[0], len(running))
+                changed.notify_all()
+            Path(env[rep.RESULT_FILE_ENV]).write_text(json.dumps(
+                {"status": "ran", "run_id": f"id{self.pid}", "metrics": {"test_accuracy": 0.5}}))
 
-        def poll(self):
-            self.polls += 1
-            if self.polls >= 2:
-                self.returncode = 0
-                if self.pid in running:
-                    running.remove(self.pid)
-            return self.returncode
+        def wait(self, timeout=None):
+            with changed:
+                changed.wait_for(lambda: peak[0] >= 2, timeout=5)
+                running.remove(self.pid)
+            self.returncode = 0
+            return 0
 
-    monkeypatch.setattr(rep.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(rep, "_POLL_S", 0.0)
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
     report = rep.reproduce("smoke", only=TABLES34, parallel=2, log_model_finetune=False,
                            progress=lambda m: None)
     assert report.ok and len(report.ran) == 9 and peak[0] == 2
@@ -321,25 +329,89 @@ def test_parallel_local_uses_subprocesses(isolated_environment: Path,
     assert report.ran[0].metrics == {"test_accuracy": 0.5}
 
 
+def test_children_report_only_through_their_result_file(isolated_environment: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real children: one killed by SIGKILL, one that exits 0 but reports nothing (printing
+    what looks like a result), one that reports its failure. None is a run that ran."""
+    _prepare(isolated_environment)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    scripts = {
+        "mlrsnet_ucm_same": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        "mlrsnet_ucm_other": "print('run abc FINISHED test_accuracy=0.9000')",
+        "mlrsnet_half": ("import json, os, sys; open(os.environ[%r], 'w').write(json.dumps("
+                         "{'status': 'failed', 'reason': 'DatasetError: gone'})); sys.exit(1)"
+                         % rep.RESULT_FILE_ENV),
+    }
+    monkeypatch.setattr(rep._Local, "argv",
+                        lambda self, run: [sys.executable, "-c", scripts[run.source]])
+    report = rep.reproduce("smoke", only=["table3"], parallel=2, progress=lambda m: None)
+    assert not report.ok and not report.ran
+    reasons = {r.source: r.reason for r in report.failed}
+    assert set(reasons) == set(SUBSETS)
+    assert reasons["mlrsnet_ucm_same"].startswith("killed by SIGKILL without reporting a result")
+    assert reasons["mlrsnet_ucm_other"].startswith("exit status 0 without reporting a result")
+    assert reasons["mlrsnet_half"].startswith("DatasetError: gone (exit status 1, log ")
+    assert [r.status for r in report.planned if r.stage == "probe"] == ["blocked"] * 3
+
+
+def test_a_result_file_is_read_whole_or_not_at_all(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "result.json"
+    assert outcome.read_result(path) is None  # none written
+    path.write_text('{"status": "ran", "run_id"')  # cut short: never what report_to_parent leaves
+    assert outcome.read_result(path) is None
+    path.write_text('{"status": "ran"}')  # no run id: not a result
+    assert outcome.read_result(path) is None
+    monkeypatch.setenv(outcome.RESULT_FILE_ENV, str(path))
+    outcome.report_to_parent({"status": "ran", "run_id": "r1", "metrics": {"test_f1": 0.5}})
+    assert outcome.read_result(path) == {"status": "ran", "run_id": "r1",
+                                         "metrics": {"test_f1": 0.5}}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    monkeypatch.delenv(outcome.RESULT_FILE_ENV)
+    outcome.report_to_parent({"status": "failed", "reason": "x"})  # no parent asked: no file
+    assert outcome.read_result(path)["status"] == "ran"
+
+
+def test_the_plan_imports_neither_mlflow_nor_tensorflow() -> None:
+    """Blocked imports fail loudly, so a plan that needed either would raise here."""
+    code = ("import sys\n"
+            "for name in ('mlflow', 'tensorflow', 'keras'):\n    sys.modules[name] = None\n"
+            "from rssc_mlflow.results.reproduce import plan, ReproduceReport\n"
+            "planned = plan('paper')\n"
+            "print(len(planned), ReproduceReport('paper', 'local', [42], 1.0, True, planned).ok)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["153", "True"]
+
+
+def test_reproduce_has_one_cli() -> None:
+    """`rssc reproduce` only: the package is not a second command line."""
+    import importlib.util
+
+    assert importlib.util.find_spec("rssc_mlflow.results.reproduce.__main__") is None
+    assert not hasattr(rep, "main")
+
+
 # --- Multi-GPU nodes: --gpus-per-run ---------------------------------------------------------
 
 
 def _real_children(monkeypatch: pytest.MonkeyPatch, seen: list[dict[str, str]]) -> None:
     """Each run a real (cheap) child process that reports the GPU environment it got and how
     many runs overlap, in place of `python -m rssc_mlflow.cli STAGE ...`."""
-    script = ("import os, time; e = os.environ; time.sleep(0.3); "
+    script = ("import json, os, time; e = os.environ; time.sleep(0.3); "
               "print(repr((e.get('CUDA_VISIBLE_DEVICES'), e.get('TF_FORCE_GPU_ALLOW_GROWTH')))); "
-              "print('run id1 FINISHED test_accuracy=0.5000')")
+              f"open(e[{rep.RESULT_FILE_ENV!r}], 'w').write(json.dumps("
+              "{'status': 'ran', 'run_id': 'id1', 'metrics': {'test_accuracy': 0.5}}))")
     monkeypatch.setattr(rep._Local, "argv", lambda self, run: [sys.executable, "-c", script])
-    monkeypatch.setattr(rep, "_POLL_S", 0.05)
-    started = rep.subprocess.Popen
+    started = subprocess.Popen
 
     def popen(argv, stdout, stderr, env):
         seen.append({k: env.get(k, "") for k in ("CUDA_VISIBLE_DEVICES",
                                                  "TF_FORCE_GPU_ALLOW_GROWTH")})
         return started(argv, stdout=stdout, stderr=stderr, env=env)
 
-    monkeypatch.setattr(rep.subprocess, "Popen", popen)
+    monkeypatch.setattr(subprocess, "Popen", popen)
 
 
 def test_gpus_per_run_gives_each_worker_its_own_gpus(isolated_environment: Path,
@@ -396,7 +468,7 @@ def test_too_few_gpus_is_refused_before_any_run(isolated_environment: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing prepared: the GPUs are checked before the prerequisites.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
-    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a run started"))
     with pytest.raises(RsscError, match=r"needs 4 GPUs, but only 3 are available.*"
                                         r"Received: parallel=2, gpus_per_run=2"):
         rep.reproduce("smoke", only=TABLES34, parallel=2, gpus_per_run=2,
@@ -414,7 +486,7 @@ def test_gpus_per_run_is_for_the_local_backend() -> None:
 @pytest.mark.slow  # two spawned workers import TensorFlow
 def test_reuse_models_workers_start_with_their_gpus(isolated_environment: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rep, "LOG_DIR", isolated_environment / "logs")
+    monkeypatch.setattr(outcome, "LOG_DIR", isolated_environment / "logs")
     workers = rep._Workers("smoke", 2, False, ["0,1", "2,3"])
     assert workers.initargs(1)[2] == {"CUDA_VISIBLE_DEVICES": "2,3",
                                       "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
@@ -457,7 +529,7 @@ def test_reproduce_killed_and_resumed(isolated_environment: Path) -> None:
     uri = os.environ["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
     client.search_experiments()  # create the store before two processes race to migrate it
-    argv = [sys.executable, "-m", "rssc_mlflow.results.reproduce", "--profile", "smoke",
+    argv = [sys.executable, "-m", "rssc_mlflow.cli", "reproduce", "--profile", "smoke",
             "--only", "table3", "--no-log-model-finetune"]  # 3 pretrains, 3 probes
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.Popen([*argv, "--json", str(root / "first.json")], env=env, cwd=root,
@@ -517,7 +589,7 @@ def test_expected_replicas_without_tensorflow_gpus(monkeypatch: pytest.MonkeyPat
     assert rep.expected_replicas("local", ["", ""]) == 1  # --gpus-per-run 0: CPU runs
     assert rep.expected_replicas("kubernetes", None) == 1
     # A CPU build of TensorFlow on a GPU server trains on one replica: look its runs up so.
-    monkeypatch.setattr(rep, "_tensorflow_uses_gpus", lambda: False)
+    monkeypatch.setattr(runner, "_tensorflow_uses_gpus", lambda: False)
     assert rep.expected_replicas("local", None) == 1
-    monkeypatch.setattr(rep, "_tensorflow_uses_gpus", lambda: True)
+    monkeypatch.setattr(runner, "_tensorflow_uses_gpus", lambda: True)
     assert rep.expected_replicas("local", None) == 4

@@ -1,0 +1,140 @@
+"""The local backend with `--reuse-models`: `parallel` long-lived worker processes, each running
+`commands.*` in-process with `model_pool` on. A worker returns each run's outcome to the parent
+as a value (through `concurrent.futures`), its console goes to its log.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+import time
+from typing import Any
+
+import mlflow
+
+from rssc_mlflow import devices
+from rssc_mlflow.results.reproduce import outcome
+from rssc_mlflow.results.reproduce.planning import PlannedRun
+
+
+class Workers:
+    """`parallel` long-lived worker processes, each running `commands.*` in-process with
+    `model_pool` on, so a worker traces each ResNet-50 variant once for all its runs.
+
+    For many short runs (the demo on a CPU, where tracing a new ResNet-50 costs more than a run
+    trains); on a GPU server one process per run (`local.Local`) isolates runs better. Runs that
+    train on the same dataset go to the same worker (same number of classes: same traced
+    model); probes, which share one feature extractor, fill up the lighter worker. A run that
+    raises fails alone; a worker that dies (out of memory) fails the runs it still held.
+    """
+
+    def __init__(self, profile: str, parallel: int, log_model_finetune: bool,
+                 slots: list[str] | None = None) -> None:
+        self.profile, self.parallel, self.log_model_finetune = profile, parallel, log_model_finetune
+        self.slots = slots  # the CUDA_VISIBLE_DEVICES of each worker (`--gpus-per-run`)
+        self._executors: list[concurrent.futures.ProcessPoolExecutor] = []
+
+    def initargs(self, i: int) -> tuple[str, str, dict[str, str]]:
+        """What worker i starts with: its log file, the store, and its environment."""
+        env = devices.worker_env(self.slots[i]) if self.slots is not None else {}
+        log = (outcome.LOG_DIR / f"worker-{i + 1}.log").resolve()
+        return (str(log), mlflow.get_tracking_uri(), env)
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        outcome.LOG_DIR.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")  # never fork a process holding TensorFlow
+        self._executors = [
+            concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=context, initializer=_worker_start, initargs=self.initargs(i))
+            for i in range(self.parallel)]
+
+    def close(self) -> None:
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._executors = []
+
+    def assign(self, wave: list[PlannedRun]) -> list[list[PlannedRun]]:
+        """Split a wave over the workers: training runs grouped by dataset, largest group to the
+        least loaded worker; then probes to whichever worker has the fewest runs."""
+        queues: list[list[PlannedRun]] = [[] for _ in range(self.parallel)]
+        groups: dict[str, list[PlannedRun]] = {}
+        probes = []
+        for run in wave:
+            if run.stage == "probe":
+                probes.append(run)
+            else:
+                groups.setdefault(run.target or run.source, []).append(run)
+        for group in sorted(groups.values(), key=len, reverse=True):
+            min(queues, key=len).extend(group)
+        for run in probes:
+            min(queues, key=len).append(run)
+        return queues
+
+    def run_wave(self, wave: list[PlannedRun], say: outcome.Say) -> None:
+        if not self._executors:
+            self._start()
+        futures: dict[concurrent.futures.Future, tuple[PlannedRun, int]] = {}
+        for number, (executor, queue) in enumerate(zip(self._executors, self.assign(wave)), 1):
+            for run in queue:
+                job = (run.stage, run.source, run.target, self.profile, run.seed,
+                       self.log_model_finetune, run.resume_id)
+                futures[executor.submit(_worker_run, *job)] = (run, number)
+        broken = False
+        for future in concurrent.futures.as_completed(futures):
+            run, number = futures[future]
+            try:
+                done = future.result()
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: the worker died
+                broken = True
+                done = {"status": "failed", "seconds": 0.0,
+                           "reason": f"worker {number} died ({type(exc).__name__}: {exc}); see "
+                                     f"{outcome.LOG_DIR / f'worker-{number}.log'}"}
+            if done["status"] == "ran":
+                outcome.ran(run, done["run_id"], done["metrics"], done["seconds"])
+            else:
+                outcome.failed(run, done["reason"], done["seconds"])
+            say(run, outcome.describe(run) + f" [worker {number}]")
+        if broken:  # start fresh workers for the next wave
+            self.close()
+
+
+def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None = None) -> None:
+    """In each worker: its GPUs, output to its log file, the parent's store, the model pool on.
+
+    `env` first: CUDA reads CUDA_VISIBLE_DEVICES when TensorFlow first initialises it, which
+    happens in the first run, after this (a spawned worker has not imported TensorFlow yet).
+    """
+    import logging
+
+    os.environ.update(env or {})
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)  # TensorFlow's C++ messages too, not only Python's
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the worker
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from rssc_mlflow.training import model_pool
+
+    model_pool.enable_for_process()
+
+
+def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
+                log_model_finetune: bool, resume: str = "") -> dict[str, Any]:
+    started = time.monotonic()
+    print(f"--- {stage} {source} {target} seed {seed}", flush=True)
+    try:
+        result = outcome.run_stage(stage, source, target, profile, seed, log_model_finetune, resume)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
+        import traceback
+
+        traceback.print_exc()
+        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                "seconds": time.monotonic() - started}
+    return {"status": "ran", "run_id": result.run_id, "metrics": dict(result.metrics),
+            "seconds": time.monotonic() - started}
