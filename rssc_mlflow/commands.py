@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -584,6 +585,53 @@ def finetune(source: str, target: str, *, resume: str | None = None, log_model: 
     _check_pair(settings.source, key)
     return _train(settings, data_key=key, role="target", reference=settings.source,
                   register_as=None, resume=resume, log_model=log_model)
+
+
+# --- Training without a run ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Trained:
+    """A network `train_without_run` trained, and how it did on its held-out split."""
+
+    model: Any  # keras.Model: the classifier, float32 input (`models.unwrap`)
+    test_accuracy: float
+    train_images: int
+    test_images: int
+
+
+def train_without_run(settings: RunSettings, *, preprocessing: str, cache_name: str,
+                      progress: Callable[[str], None],
+                      log_epoch: Callable[[int, dict[str, float]], None]) -> Trained:
+    """Train a ResNet-50 from scratch on `settings.source`'s 80% and test it on its 20%, with
+    no MLflow run: `rssc demo` makes its ImageNet stand-in so, which no grid run must find.
+
+    The images are cached under the cache folder's `runs/<cache_name>`, removed afterwards.
+    """
+    data = _load_data(settings.source, "source", settings)
+    profile = get_profile(settings.profile)
+    models.set_precision("float32")
+    model_pool.set_random_seed(settings.seed)
+    cache_root = config.cache_dir() / "runs" / cache_name
+    train, test_ds = _datasets(data, settings, cache_root=cache_root)  # uint8
+    steps = -(-len(data.split.train) // settings.batch_size)
+    synthetic = "synthetic " if data.prepared.synthetic else ""
+    progress(f"  training ResNet-50 from scratch on the {synthetic}{settings.source}: "
+             f"{len(data.split.train)} images, {settings.epochs} epochs, seed {settings.seed}")
+    model = model_pool.acquire(
+        data.spec.num_classes, data.spec.task, crop=settings.image_size,
+        source=registry.resolve_source("scratch", profile=settings.profile), seed=settings.seed,
+        run_eagerly=profile.run_eagerly, preprocessing=preprocessing,
+        bn_momentum=profile.bn_momentum)
+    schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch") * profile.lr_scale,
+                                     steps_per_epoch=steps, epochs=settings.epochs,
+                                     warmup_epochs=min(settings.epochs, profile.warmup_epochs))
+    fit_lib.fit(model, train, None, epochs=settings.epochs, steps_per_epoch=steps,
+                schedule=schedule, checkpoint_dir=None, verbose=0, log_epoch=log_epoch)
+    probs, labels = fit_lib.predict_with_labels(model, test_ds)
+    shutil.rmtree(cache_root, ignore_errors=True)
+    return Trained(models.unwrap(model), float((probs.argmax(axis=1) == labels).mean()),
+                   len(data.split.train), len(data.split.test))
 
 
 # --- Features and the probe -------------------------------------------------------------------
