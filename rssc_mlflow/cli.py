@@ -1,5 +1,8 @@
 """`rssc`: the command line. One command per entry point, no logic of its own.
 
+The MLproject entry points run `python -m rssc_mlflow.cli mlproject STAGE --key value ...`,
+which becomes `rssc STAGE` with those options (the MLproject section below).
+
 Every command turns an `RsscError` into one paragraph on stderr and exit status 1, so a user
 never sees a bare traceback for a mistake they can fix.
 """
@@ -568,6 +571,74 @@ def server(
     # off unless asked for, 7 fewer processes and ~1.5 GB less memory.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execvp(cmd[0], cmd)
+
+
+# --- MLproject ------------------------------------------------------------------------------
+#
+# Every MLproject entry point's command is `python -m rssc_mlflow.cli mlproject STAGE --key
+# value ...`. MLflow fills the declared parameters into the command and appends the others as
+# `--key value` (`-P batch_size=8` -> `--batch_size 8`). `mlproject_argv` turns those pairs into
+# `rssc STAGE` options, read off the command itself so that every option of `rssc STAGE --help`
+# works as a parameter: underscores become dashes, a flag's "true"/"false" becomes
+# `--flag`/`--no-flag` (MLproject values are strings), and a command's arguments come from their
+# parameter (`-P target=X` -> `rssc transfer X`).
+
+# MLflow substitutes a value for every declared parameter, so a declared one cannot be left out:
+# "default" (or an empty value) hands it back to the command's own default, e.g.
+# `-P strategy=default`. MLflow offers no "not given" of its own, hence the sentinel.
+MLPROJECT_NOT_GIVEN = ("default", "")
+MLPROJECT_USAGE = "usage: python -m rssc_mlflow.cli mlproject STAGE [--key value ...]"
+
+
+def stage_command(stage: str):  # -> typer's own (vendored) click Command
+    """The click command behind `rssc STAGE`."""
+    found = typer.main.get_command(app).commands.get(stage)  # type: ignore[attr-defined]
+    if found is None:
+        raise SystemExit(f"error: no rssc command {stage!r} (MLproject entry point).")
+    return found
+
+
+def _is_argument(param) -> bool:
+    # By name, not class: typer >= 0.29 vendors click, so click.Argument is not its class.
+    return getattr(param, "param_type_name", "") == "argument"
+
+
+def mlproject_argv(stage: str, pairs: list[str]) -> list[str]:
+    """`--key value` pairs (MLflow's spelling) -> the argv of `rssc STAGE`."""
+    params = {p.name: p for p in stage_command(stage).params}
+    arguments: dict[str, str] = {}
+    options: list[str] = []
+    it = iter(pairs)
+    for key in it:
+        value = next(it, "")
+        name = key.removeprefix("--").replace("-", "_")
+        if value in MLPROJECT_NOT_GIVEN:
+            continue
+        param = params.get(name)
+        if _is_argument(param):
+            arguments[name] = value
+        elif param is not None and getattr(param, "is_flag", False):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"error: {name} must be true or false, not {value!r}.")
+            flags = param.opts if value.lower() == "true" else param.secondary_opts
+            options += flags[:1]  # a flag without a --no- form is false when left out
+        else:  # unknown names go through too: rssc says what it accepts
+            options += ["--" + name.replace("_", "-"), value]
+    # Arguments first, in the command's order; a missing one is rssc's usage error.
+    ordered = [arguments[p.name] for p in params.values()
+               if _is_argument(p) and p.name in arguments]
+    return [*ordered, *options]
+
+
+@app.command(hidden=True, add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def mlproject(ctx: typer.Context) -> None:
+    """`mlproject STAGE --key value ...`: an MLproject entry point's command, run as `rssc STAGE`
+    with the options `mlproject_argv` makes of MLflow's pairs."""
+    if not ctx.args:
+        raise SystemExit(MLPROJECT_USAGE)
+    stage, *pairs = ctx.args
+    app([stage, *mlproject_argv(stage, pairs)], prog_name="rssc")
 
 
 def main() -> None:  # pragma: no cover - console script

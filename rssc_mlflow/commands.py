@@ -4,19 +4,22 @@ The CLI (`rssc ...`, which the MLproject shim calls) and Python users all call t
 Each one resolves its settings and inputs *before* opening an MLflow run (so bad input costs
 nothing and leaves no run), then does its work inside `tracked_run`, which marks the run FAILED
 with the reason if anything goes wrong.
+
+The training stages share `_train`, whose body reads as the paper's steps: resolve the inputs,
+train, evaluate, log. What lets an interrupted run continue (the run lock, `--resume`, results
+kept when the tracking server goes away) lives in tracking/recovery.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,10 @@ from rssc_mlflow.data import pipeline, splits
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
 from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
-from rssc_mlflow.protocol import PROBE_LR, get_profile
+from rssc_mlflow.protocol import PROBE_LR, Profile, get_profile
 from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_settings
-from rssc_mlflow.tracking import predictions, registry, runs
+from rssc_mlflow.tracking import predictions, recovery, registry, runs
+from rssc_mlflow.tracking.recovery import REPLICAS_PARAM
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
 from rssc_mlflow.training import model_pool, progress, transfer
@@ -251,40 +255,6 @@ def _log_evaluation(data: _Data, y_true: np.ndarray, probs: np.ndarray, files: n
     return final
 
 
-def _already_logged_epochs(run_id: str) -> set[int]:
-    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
-    return {m.step for m in history}
-
-
-def _settings_from_run(run_id: str) -> tuple[str, RunSettings]:
-    """Rebuild the settings a run was started with (for --resume)."""
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except Exception:  # noqa: BLE001
-        raise RsscError(f"Cannot resume run {run_id!r}: it is not in the tracking store at "
-                        f"{mlflow.get_tracking_uri()}.") from None
-    p = runs.effective_params(run.data.params)
-    # Runs logged before parameters were resolved hold "default" for values left to the rule.
-    opt = lambda k: None if p.get(k, "default") == "default" else p[k]  # noqa: E731
-    settings = resolve_settings(
-        p["stage"], source=p["source"], target=p.get("target", ""), profile=p["profile"],
-        epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
-        image_size=int(p["image_size"]), seed=int(p["seed"]),
-        lr=float(opt("lr")) if opt("lr") else None, preprocessing=opt("preprocessing"),
-        precision=p["precision"], strategy=p.get("strategy", "auto"), split_file=opt("split_file"),
-        solver=p.get("solver", "adam"), standardize=p.get("standardize", "").lower() == "true",
-        allow_any_version=p.get("allow_any_version", "").lower() == "true",
-        schedule_steps=p.get("schedule_steps", "paper"),
-    )
-    return settings.stage, settings
-
-
-def _logged_replicas(run_id: str) -> int | None:
-    """The replica count a run logged (None: logged before runs recorded it)."""
-    value = mlflow.MlflowClient().get_run(run_id).data.params.get(REPLICAS_PARAM)
-    return int(value) if value else None
-
-
 def gpu_warning(profile: str) -> str:
     """The warning for a `paper` run on a machine where TensorFlow sees no GPU, else ""."""
     import tensorflow as tf
@@ -338,9 +308,6 @@ def _fingerprint(settings: RunSettings, source: registry.ResolvedSource, synthet
                                 pool_precision=pool_precision)
 
 
-REPLICAS_PARAM = "replicas"
-
-
 def batch_split(batch_size: int, replicas: int) -> dict[str, int]:
     """The global batch (the profile's or --batch-size) split over the replicas: each replica
     takes an equal share of every batch, as MirroredStrategy splits what the dataset yields."""
@@ -352,17 +319,6 @@ def batch_split(batch_size: int, replicas: int) -> dict[str, int]:
             f"divides {batch_size} (CUDA_VISIBLE_DEVICES, or reproduce --gpus-per-run).")
     return {REPLICAS_PARAM: replicas, "global_batch_size": batch_size,
             "per_replica_batch_size": batch_size // replicas}
-
-
-def _check_resume_replicas(resume: str | None, replicas: int) -> None:
-    """A resumed run continues on as many replicas as it started with: its fingerprint (and
-    its BatchNorm statistics) depend on it."""
-    logged = _logged_replicas(resume) if resume else None
-    if logged is not None and logged != replicas:
-        raise RsscError(
-            f"Run {resume} trained on {logged} replica(s), but this process sees {replicas}. "
-            f"Received: replicas={replicas}. Resume it where TensorFlow sees {logged} GPU(s) "
-            f"(set CUDA_VISIBLE_DEVICES), so that it stays in its cell.")
 
 
 def fingerprint_for(stage: str, *, source: str, target: str = "", replicas: int = 1,
@@ -383,225 +339,208 @@ def fingerprint_for(stage: str, *, source: str, target: str = "", replicas: int 
 
 
 # --- Training stages -------------------------------------------------------------------------
+#
+# pretrain, adapt and finetune share `_train`, in the paper's steps: resolve the inputs, open
+# the run, train, evaluate, log. What lets an interrupted run continue (the run lock, resume,
+# results kept when the server goes away) is tracking/recovery.py.
+
+
+@dataclasses.dataclass
+class _Training:
+    """A training run's inputs, all resolved before its MLflow run is opened."""
+
+    settings: RunSettings
+    data: _Data
+    source: registry.ResolvedSource
+    profile: Profile
+    strategy: Any  # tf.distribute.Strategy
+    policy: str  # Keras's dtype policy
+    batches: dict[str, int]  # batch_split's
+    fingerprint: str
+    data_key: str
+    display_source: str  # the run name's source: finetune's source, else the dataset
+
+    @property
+    def synthetic(self) -> bool:
+        return _synthetic(self.data, self.source)
+
+    @property
+    def backups(self) -> bool:
+        """Whether the profile keeps a backup per epoch (what `--resume` continues from)."""
+        return self.profile.checkpoint_every_epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.data.split.train) // self.settings.batch_size)
 
 
 def _train(settings: RunSettings, *, data_key: str, role: str, reference: str,
            register_as: str | None, resume: str | None, log_model: bool) -> RunResult:
-    """Shared body of pretrain, adapt and finetune."""
+    """Shared body of pretrain, adapt and finetune: resolve, train, evaluate, log."""
+    job = _resolve_training(settings, data_key=data_key, role=role, reference=reference,
+                            resume=resume)
+    with runs.tracked_run(settings.stage, job.display_source, settings.target,
+                          resume_run_id=resume) as run, contextlib.ExitStack() as hold:
+        run_id = run.info.run_id
+        checkpoint_dir = _start_training_run(job, run_id, hold, log_model=log_model)
+        train, test_ds, cache_root = _training_pipelines(job, run_id)
+        trainer = _build_trainer(job)
+        model = models.unwrap(trainer)  # what is saved and logged: float32 input, no wrapper
+        kept = checkpoint_dir / recovery.UNLOGGED
+        if resume and recovery.has_unlogged(kept):  # trained before the server went away
+            probs, y_true, files = recovery.load_unlogged(kept, model, run_id)
+        else:
+            _fit(job, trainer, train, test_ds, checkpoint_dir, run_id, resume=resume)
+            probs, y_true, files = _evaluate(job, trainer, test_ds)
+        keep = functools.partial(_keep_unlogged, job, model, probs, y_true, files)
+        with recovery.results_kept_if_server_gone(settings.stage, run_id, kept, keep):
+            final, name, version = _log_results(model, y_true, probs, files, job,
+                                                register_as=register_as, log_model=log_model)
+        mlflow.set_tag(runs.TAG_NOTE, _note(settings, job.source, job.synthetic,
+                                            _format_metrics(final)))
+        runs.announce(f"done: {_format_metrics(final)}")
+    for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
+        shutil.rmtree(folder, ignore_errors=True)
+    return RunResult(run_id, settings.stage, final, job.synthetic, name, version)
+
+
+def _resolve_training(settings: RunSettings, *, data_key: str, role: str, reference: str,
+                      resume: str | None) -> _Training:
+    """The split, the weights to start from, the strategy and the fingerprint; bad input is
+    refused here, before any run exists."""
     data = _load_data(data_key, role, settings)
     source = registry.resolve_source(reference, profile=settings.profile,
                                      preprocessing=settings.preprocessing,
                                      allow_any_version=settings.allow_any_version)
-    preprocessing = source.preprocessing
-    profile = get_profile(settings.profile)
-    peak_lr, prof_warmup = _rates(settings, source)
     # The strategy before the run opens: its replica count joins the fingerprint, and a batch
     # it cannot split is refused before any run exists.
     policy = models.set_precision(settings.precision)
     strategy = models.make_strategy(settings.strategy)
     batches = batch_split(settings.batch_size, strategy.num_replicas_in_sync)
-    _check_resume_replicas(resume, batches[REPLICAS_PARAM])
+    recovery.check_resume_replicas(resume, batches[REPLICAS_PARAM])
     fingerprint = _fingerprint(settings, source, _synthetic(data, source),
                                batches[REPLICAS_PARAM])
     _announce_source(settings, source)
-    spec = data.spec
     display_source = settings.source if settings.stage == "finetune" else data_key
-    with runs.tracked_run(settings.stage, display_source, settings.target,
-                          resume_run_id=resume) as run, contextlib.ExitStack() as hold:
-        run_id = run.info.run_id
-        _record_inputs(data, settings, fingerprint, preprocessing, source,
-                       log_model=log_model if settings.stage == "finetune" else None)
-        runs.log_params({"bn_momentum": BN_MOMENTUM_KERAS if profile.bn_momentum is None
-                         else profile.bn_momentum, **batches})
-        checkpoint_dir = config.checkpoint_dir() / run_id
-        mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
-        hold.enter_context(_training_lock(checkpoint_dir, run_id))  # till the run ends
-        hold.enter_context(_checkpoint_note_on_interrupt(
-            settings.stage, run_id, checkpoint_dir, settings.epochs,
-            kept=profile.checkpoint_every_epoch))
-        mlflow.set_tag("rssc.dtype_policy", policy)
-        model_pool.set_random_seed(settings.seed)  # the same run whatever ran before it
-        if config.op_determinism():
-            models.enable_op_determinism()
-            mlflow.set_tag("rssc.op_determinism", "true")
-        cache_root = config.cache_dir() / "runs" / run_id
-        train, test_ds = _datasets(data, settings, cache_root=cache_root)
-        steps_per_epoch = -(-len(data.split.train) // settings.batch_size)
-        n_train, n_test = len(data.split.train), len(data.split.test)
-        epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs != 1 else "")
-        runs.announce(f"{runs.run_name(settings.stage, display_source, settings.target)}: "
-                      f"{n_train} training images, {n_test} evaluation images, {epochs}, "
-                      f"run {run_id}")
-        evaluation = (f", and {n_test} evaluation images after each epoch"
-                      if profile.validate_every_epoch else "")
-        runs.announce(f"{settings.epochs * n_train:,} image-steps ({epochs} x "
-                      f"{n_train} images at {settings.image_size} px, {steps_per_epoch} steps "
-                      f"of {settings.batch_size} per epoch){evaluation}")
-        with strategy.scope():  # a fresh model, or a pooled one reset to the same weights
-            trainer = model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
-                                         source=source, seed=settings.seed,
-                                         run_eagerly=profile.run_eagerly,
-                                         preprocessing=preprocessing,
-                                         bn_momentum=profile.bn_momentum)
-        model = models.unwrap(trainer)  # what is saved and logged: float32 input, no wrapper
-        kept = checkpoint_dir / UNLOGGED
-        how_to_resume = f"rssc {settings.stage} --resume {run_id}"
-        if resume and (kept / "complete").exists():
-            runs.announce(f"run {run_id} finished training before the tracking server went "
-                          f"away: logging the results kept in {kept}")
-            model.load_weights(kept / "model.weights.h5")
-            saved = predictions.read(kept / "predictions.npz", run_id)
-            probs, y_true, files = saved.probs, saved.y_true, saved.files
-        else:
-            schedule = make_schedule(settings.schedule_steps, peak_lr=peak_lr, n_train=n_train,
-                                     batch_size=settings.batch_size, epochs=settings.epochs,
-                                     warmup_epochs=prof_warmup)
-            try:
-                fit_lib.fit(
-                    trainer, train, test_ds if profile.validate_every_epoch else None,
-                    epochs=settings.epochs, steps_per_epoch=steps_per_epoch, schedule=schedule,
-                    checkpoint_dir=checkpoint_dir if profile.checkpoint_every_epoch else None,
-                    log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
-                    already_logged=_already_logged_epochs(run_id) if resume else None,
-                    callbacks=[progress.DurationEstimate(settings.batch_size, runs.announce)])
-            except Exception as exc:
-                if not runs.server_unreachable(exc):
-                    raise
-                backup = ("its last epoch backup is in " + str(checkpoint_dir)
-                          if profile.checkpoint_every_epoch else "this profile keeps no backups")
-                raise runs.TrackingServerGone(
-                    f"The tracking server at {mlflow.get_tracking_uri()} stopped answering "
-                    f"during training of run {run_id}; {backup}. When the server is back, "
-                    f"`{how_to_resume}` continues the run.") from exc
-            probs, y_true = fit_lib.predict_with_labels(trainer, test_ds)
-            files = _test_files(data)
-        try:
-            final, name, version = _log_results(
-                model, y_true, probs, files, test_ds, settings, data, register_as=register_as,
-                log_model=log_model, data_key=data_key, preprocessing=preprocessing,
-                fingerprint=fingerprint, source=source)
-        except Exception as exc:
-            if not runs.server_unreachable(exc):
-                raise
-            _keep_unlogged(kept, model, data, probs, y_true, files)
-            raise runs.TrackingServerGone(
-                f"The tracking server at {mlflow.get_tracking_uri()} stopped answering at the "
-                f"end of run {run_id}. Nothing is lost: the trained model and its test "
-                f"predictions are kept in {kept}. When the server is back, `{how_to_resume}` "
-                "logs them (no retraining) and finishes the run.") from exc
-        mlflow.set_tag(runs.TAG_NOTE, _note(settings, source, _synthetic(data, source),
-                                            _format_metrics(final)))
-        runs.announce(f"done: {_format_metrics(final)}")
-    for folder in (checkpoint_dir, cache_root):  # the run is FINISHED: no resume needed
-        shutil.rmtree(folder, ignore_errors=True)
-    return RunResult(run_id, settings.stage, final, _synthetic(data, source), name, version)
+    return _Training(settings, data, source, get_profile(settings.profile), strategy, policy,
+                     batches, fingerprint, data_key, display_source)
 
 
-TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
+def _start_training_run(job: _Training, run_id: str, hold: contextlib.ExitStack, *,
+                        log_model: bool) -> Path:
+    """Log the run's inputs, hold its checkpoint folder till the run ends (returned), and seed
+    this process: the same run whatever ran before it."""
+    settings, profile = job.settings, job.profile
+    _record_inputs(job.data, settings, job.fingerprint, job.source.preprocessing, job.source,
+                   log_model=log_model if settings.stage == "finetune" else None)
+    runs.log_params({"bn_momentum": BN_MOMENTUM_KERAS if profile.bn_momentum is None
+                     else profile.bn_momentum, **job.batches})
+    checkpoint_dir = config.checkpoint_dir() / run_id
+    mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
+    hold.enter_context(recovery.training_lock(checkpoint_dir, run_id))
+    hold.enter_context(recovery.note_on_interrupt(settings.stage, run_id, checkpoint_dir,
+                                                  settings.epochs, kept=job.backups))
+    mlflow.set_tag("rssc.dtype_policy", job.policy)
+    model_pool.set_random_seed(settings.seed)
+    if config.op_determinism():
+        models.enable_op_determinism()
+        mlflow.set_tag("rssc.op_determinism", "true")
+    return checkpoint_dir
 
 
-def epochs_backed_up(checkpoint_dir: Path) -> int | None:
-    """Epochs completed in the run's last backup (Keras BackupAndRestore's metadata), or None."""
-    try:
-        return int(json.loads((checkpoint_dir / "training_metadata.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _training_pipelines(job: _Training, run_id: str):
+    """(training epochs, test batches, their cache folder), and what the run will train on."""
+    settings, data = job.settings, job.data
+    cache_root = config.cache_dir() / "runs" / run_id
+    train, test_ds = _datasets(data, settings, cache_root=cache_root)
+    n_train, n_test = len(data.split.train), len(data.split.test)
+    epochs = f"{settings.epochs} epoch" + ("s" if settings.epochs != 1 else "")
+    runs.announce(f"{runs.run_name(settings.stage, job.display_source, settings.target)}: "
+                  f"{n_train} training images, {n_test} evaluation images, {epochs}, "
+                  f"run {run_id}")
+    evaluation = (f", and {n_test} evaluation images after each epoch"
+                  if job.profile.validate_every_epoch else "")
+    runs.announce(f"{settings.epochs * n_train:,} image-steps ({epochs} x "
+                  f"{n_train} images at {settings.image_size} px, {job.steps_per_epoch} steps "
+                  f"of {settings.batch_size} per epoch){evaluation}")
+    return train, test_ds, cache_root
 
 
-@contextlib.contextmanager
-def _checkpoint_note_on_interrupt(stage: str, run_id: str, checkpoint_dir: Path, epochs: int,
-                                  *, kept: bool) -> Iterator[None]:
-    """On SIGTERM/SIGINT, tell what the checkpoint holds and how to continue the run."""
-    try:
-        yield
-    except runs.Interrupted as exc:
-        done = epochs_backed_up(checkpoint_dir) if kept else None
-        if done:
-            state = (f"Its checkpoint ({done} of {epochs} epochs done) is kept in "
-                     f"{checkpoint_dir}. ")
-        elif kept:
-            state = "No epoch had finished, so it starts again from epoch 1. "
-        else:
-            state = "This profile keeps no per-epoch checkpoint, so it starts again from epoch 1. "
-        exc.how_to_continue = (f"{state}Continue the same run with "
-                               f"`rssc {stage} --resume {run_id}`.")
-        raise
+def _build_trainer(job: _Training):  # -> keras.Model
+    """A fresh compiled ResNet-50, or a pooled one reset to the same weights, built in the
+    distribution strategy's scope."""
+    settings, spec = job.settings, job.data.spec
+    with job.strategy.scope():
+        return model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
+                                  source=job.source, seed=settings.seed,
+                                  run_eagerly=job.profile.run_eagerly,
+                                  preprocessing=job.source.preprocessing,
+                                  bn_momentum=job.profile.bn_momentum)
 
 
-class RunLocked(RsscError):
-    """Another process on this machine is training the run."""
+def _fit(job: _Training, trainer, train, test_ds, checkpoint_dir: Path, run_id: str, *,
+         resume: str | None) -> None:
+    """Train under the stage's schedule, logging each epoch's metrics (once, when resumed),
+    with a backup per epoch when the profile keeps them."""
+    settings = job.settings
+    peak_lr, warmup = _rates(settings, job.source)
+    schedule = make_schedule(settings.schedule_steps, peak_lr=peak_lr,
+                             n_train=len(job.data.split.train), batch_size=settings.batch_size,
+                             epochs=settings.epochs, warmup_epochs=warmup)
+    with recovery.server_gone_during_training(settings.stage, run_id, checkpoint_dir,
+                                              backups=job.backups):
+        fit_lib.fit(
+            trainer, train, test_ds if job.profile.validate_every_epoch else None,
+            epochs=settings.epochs, steps_per_epoch=job.steps_per_epoch, schedule=schedule,
+            checkpoint_dir=checkpoint_dir if job.backups else None,
+            log_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
+            already_logged=recovery.already_logged_epochs(run_id) if resume else None,
+            callbacks=[progress.DurationEstimate(settings.batch_size, runs.announce)])
 
 
-@contextlib.contextmanager
-def _training_lock(folder: Path, run_id: str) -> Iterator[None]:
-    """Hold the run's checkpoint folder for this process (released by the OS on kill -9)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"Run {run_id} is being trained by another process on this machine "
-                            f"(its checkpoint folder {folder} is locked). Wait for it to end, "
-                            "or stop it, before resuming.") from None
-        yield
+def _evaluate(job: _Training, trainer, test_ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probabilities, labels, image files) of the test split, in the pipeline's order."""
+    probs, y_true = fit_lib.predict_with_labels(trainer, test_ds)
+    return probs, y_true, _test_files(job.data)
 
 
-def can_resume(run: mlflow.entities.Run) -> bool:
-    """Whether an interrupted (RUNNING, FAILED or KILLED) training run can be continued here: its
-    checkpoint folder is on this machine and no process is training it."""
-    folder = run.data.tags.get(runs.TAG_CHECKPOINT_DIR)
-    if run.data.tags.get(runs.TAG_STAGE) not in TRAINING_STAGES or not folder:
-        return False
-    if not Path(folder).is_dir():
-        return False
-    try:
-        with _training_lock(Path(folder), run.info.run_id):
-            return True
-    except RunLocked:
-        return False
+def _keep_unlogged(job: _Training, model, probs: np.ndarray, y_true: np.ndarray,
+                   files: np.ndarray, folder: Path) -> None:
+    """Keep a trained run's results under `folder` when the server cannot take them."""
+    recovery.keep_unlogged(folder, model, probs, y_true, files,
+                           split_digest=job.data.split.digest,
+                           dataset_digest=job.data.prepared.manifest_digest)
 
 
-# Results of a trained run the tracking server could not take, under its checkpoint folder.
-UNLOGGED = "unlogged"
-
-
-def _keep_unlogged(folder: Path, model, data: _Data, probs: np.ndarray, y_true: np.ndarray,
-                   files: np.ndarray) -> None:
-    """Write the model's weights and test predictions (the artifact's own file, so `--resume`
-    logs exactly what would have been logged); `complete` is written last."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "complete").unlink(missing_ok=True)
-    model.save_weights(folder / "model.weights.h5")
-    predictions.write_artifact(folder, probs, y_true, files, split_digest=data.split.digest,
-                               dataset_digest=data.prepared.manifest_digest)
-    (folder / "complete").write_text("model.weights.h5 predictions.npz\n")
-
-
-def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray, test_ds,
-                 settings: RunSettings, data: _Data, *, register_as: str | None,
-                 log_model: bool, data_key: str, preprocessing: str, fingerprint: str,
-                 source: registry.ResolvedSource) -> tuple[dict[str, float], str, str]:
+def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray,
+                 job: _Training, *, register_as: str | None,
+                 log_model: bool) -> tuple[dict[str, float], str, str]:
     """Final metrics and evaluation artifacts, then the model (registered or logged)."""
+    settings, data, source = job.settings, job.data, job.source
     final = _log_evaluation(data, y_true, probs, files, title=_figure_title(settings),
-                            synthetic=_synthetic(data, source))
+                            synthetic=job.synthetic)
     name = version = ""
     if register_as or log_model:
         models.set_precision("float32")  # logging must not depend on the training policy
         card = registry.ModelCard(spec=data.spec, crop=settings.image_size,
-                                  preprocessing=preprocessing, synthetic=_synthetic(data, source),
+                                  preprocessing=source.preprocessing, synthetic=job.synthetic,
                                   metrics=final, test_images=len(data.split.test),
                                   split_role=data.split.role,
                                   imagenet_weights=source.imagenet_weights)
         if register_as:
             name, version = registry.register(
-                model, card=card, source_key=data_key, init=register_as,
-                profile=settings.profile, fingerprint=fingerprint,
-                pooled_fingerprint=_fingerprint(settings, source, _synthetic(data, source),
+                model, card=card, source_key=job.data_key, init=register_as,
+                profile=settings.profile, fingerprint=job.fingerprint,
+                pooled_fingerprint=_fingerprint(settings, source, job.synthetic,
                                                 pool_precision=True))
             runs.announce(f"registered {name} version {version} as @{settings.profile}")
         else:
             registry.log_model(model, card=card)
     return final, name, version
+
+
+TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
+can_resume = recovery.can_resume  # for `reproduce`, which imports commands already
 
 
 def _format_metrics(values: dict[str, float]) -> str:
@@ -610,18 +549,9 @@ def _format_metrics(values: dict[str, float]) -> str:
 
 
 def _resume_or(stage: str, resume: str | None, **params: Any) -> RunSettings:
+    """The settings of the run `resume` continues, else those `params` resolve to."""
     if resume:
-        stage_of_run, settings = _settings_from_run(resume)
-        if stage_of_run != stage:
-            raise RsscError(f"Run {resume} is a {stage_of_run} run; resume it with "
-                            f"`rssc {stage_of_run} --resume {resume}`.")
-        # Before the run is opened: a refused resume must not mark FAILED the run that another
-        # process is training (tests/tracking/test_recovery.py found it did).
-        folder = config.checkpoint_dir() / resume
-        if folder.is_dir():
-            with _training_lock(folder, resume):
-                pass
-        return settings
+        return recovery.settings_for_resume(stage, resume)
     return resolve_settings(stage, **params)
 
 
@@ -655,6 +585,53 @@ def finetune(source: str, target: str, *, resume: str | None = None, log_model: 
     _check_pair(settings.source, key)
     return _train(settings, data_key=key, role="target", reference=settings.source,
                   register_as=None, resume=resume, log_model=log_model)
+
+
+# --- Training without a run ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Trained:
+    """A network `train_without_run` trained, and how it did on its held-out split."""
+
+    model: Any  # keras.Model: the classifier, float32 input (`models.unwrap`)
+    test_accuracy: float
+    train_images: int
+    test_images: int
+
+
+def train_without_run(settings: RunSettings, *, preprocessing: str, cache_name: str,
+                      progress: Callable[[str], None],
+                      log_epoch: Callable[[int, dict[str, float]], None]) -> Trained:
+    """Train a ResNet-50 from scratch on `settings.source`'s 80% and test it on its 20%, with
+    no MLflow run: `rssc demo` makes its ImageNet stand-in so, which no grid run must find.
+
+    The images are cached under the cache folder's `runs/<cache_name>`, removed afterwards.
+    """
+    data = _load_data(settings.source, "source", settings)
+    profile = get_profile(settings.profile)
+    models.set_precision("float32")
+    model_pool.set_random_seed(settings.seed)
+    cache_root = config.cache_dir() / "runs" / cache_name
+    train, test_ds = _datasets(data, settings, cache_root=cache_root)  # uint8
+    steps = -(-len(data.split.train) // settings.batch_size)
+    synthetic = "synthetic " if data.prepared.synthetic else ""
+    progress(f"  training ResNet-50 from scratch on the {synthetic}{settings.source}: "
+             f"{len(data.split.train)} images, {settings.epochs} epochs, seed {settings.seed}")
+    model = model_pool.acquire(
+        data.spec.num_classes, data.spec.task, crop=settings.image_size,
+        source=registry.resolve_source("scratch", profile=settings.profile), seed=settings.seed,
+        run_eagerly=profile.run_eagerly, preprocessing=preprocessing,
+        bn_momentum=profile.bn_momentum)
+    schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch") * profile.lr_scale,
+                                     steps_per_epoch=steps, epochs=settings.epochs,
+                                     warmup_epochs=min(settings.epochs, profile.warmup_epochs))
+    fit_lib.fit(model, train, None, epochs=settings.epochs, steps_per_epoch=steps,
+                schedule=schedule, checkpoint_dir=None, verbose=0, log_epoch=log_epoch)
+    probs, labels = fit_lib.predict_with_labels(model, test_ds)
+    shutil.rmtree(cache_root, ignore_errors=True)
+    return Trained(models.unwrap(model), float((probs.argmax(axis=1) == labels).mean()),
+                   len(data.split.train), len(data.split.test))
 
 
 # --- Features and the probe -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`rssc demo`: the whole pipeline on SYNTHETIC data, on a laptop CPU, in about ten minutes.
+"""`rssc demo`: the whole pipeline on SYNTHETIC data, small enough for a laptop CPU.
 
     synthetic downloads -> prepare all 11 dataset keys -> an ImageNet stand-in
     -> reproduce(profile="demo"): every run of every table and figure -> summarize
@@ -11,10 +11,13 @@ RSSC_DATA_DIR is set. Nothing here is comparable to the paper: the images are ge
 The ImageNet stand-in. Keras's ImageNet weights cannot be downloaded here (and the demo must not
 depend on a download), so a ResNet-50 is trained from scratch on the synthetic ImageNet-100
 stand-in, with another seed than the grid (so its split and initialisation differ from the
-grid's own `pretrain imagenet100`) and more epochs, without an MLflow run. Its backbone is
-written as a Keras notop `.h5` file under `<out>/imagenet_standin/`, with a JSON file next to
-it saying what it is, and RSSC_IMAGENET_WEIGHTS points at it for the rest of the demo: every
-`imagenet` run (adapt, Figure 1's ImageNet-1k row, ...) uses it.
+grid's own `pretrain imagenet100`) and more epochs, without an MLflow run
+(`commands.train_without_run`). Its backbone is written as a Keras notop `.h5` file under
+`<out>/imagenet_standin/`, with a JSON file next to it saying what it is, and
+RSSC_IMAGENET_WEIGHTS points at it for the rest of the demo: every `imagenet` run (adapt,
+Figure 1's ImageNet-1k row, ...) uses it.
+
+How long it takes, and on what: docs/PERFORMANCE.md, "The demo".
 
 Speed: tracing a new ResNet-50 train step costs more on a CPU than a demo run trains, so the
 runs go to long-lived worker processes (`reproduce(reuse_models=True)`, one per core, two at
@@ -31,11 +34,11 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 from rssc_mlflow.errors import RsscError
 
@@ -97,17 +100,33 @@ class DemoResult:
 
 
 @contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+def _tracking_store(uri: str) -> Iterator[None]:
+    """The demo's tracking store is `uri`, for this process and the workers it starts
+    (MLFLOW_TRACKING_URI), and for the demo only: later code in the process follows
+    MLFLOW_TRACKING_URI again (a test run, a notebook).
+
+    MLflow's public API cannot unset a URI (`mlflow.set_tracking_uri(mlflow.get_tracking_uri())`
+    would pin the old one and ignore the variable from then on), so MLflow's own scoped setter
+    is used; without it (an MLflow upgrade), the public set-and-restore keeps every demo run in
+    `uri` (tests/test_demo.py checks both).
+    """
+    import mlflow
+
     try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    except ImportError:
+        _use_tracking_uri = None
+    previous = mlflow.get_tracking_uri()
+    with mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri):
+        if _use_tracking_uri is not None:
+            with _use_tracking_uri(uri):
+                yield
+            return
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 @contextlib.contextmanager
@@ -188,13 +207,9 @@ def _prepare(manual: dict[str, Path], rewritten: set[str], say: Progress) -> Non
 
 def _imagenet_standin(folder: Path, say: Progress) -> Path:
     """Train (or reuse) the ImageNet stand-in and return its notop weight file."""
-    from rssc_mlflow import commands, config, models, protocol
+    from rssc_mlflow import commands, models, protocol
     from rssc_mlflow.data.prepare import load_prepared
     from rssc_mlflow.settings import resolve_settings
-    from rssc_mlflow.tracking import registry
-    from rssc_mlflow.training import fit as fit_lib
-    from rssc_mlflow.training import model_pool
-    from rssc_mlflow.training.schedule import peak_lr_for
 
     path = folder / models.IMAGENET_WEIGHTS_FILE
     info_path = folder / (models.IMAGENET_WEIGHTS_FILE.removesuffix(".h5") + ".json")
@@ -214,34 +229,14 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
         say(f"  reusing {path}")
         return path
 
-    data = commands._load_data(STANDIN_KEY, "source", settings)
-    models.set_precision("float32")
-    model_pool.set_random_seed(settings.seed)
-    preprocessing = STANDIN_PREPROCESSING
-    cache_root = config.cache_dir() / "runs" / "demo-imagenet-standin"
-    train, test_ds = commands._datasets(data, settings, cache_root=cache_root)  # uint8
-    steps = -(-len(data.split.train) // settings.batch_size)
-    say(f"  training ResNet-50 from scratch on the synthetic {STANDIN_KEY}: "
-        f"{len(data.split.train)} images, {settings.epochs} epochs, seed {settings.seed}")
-    model = model_pool.acquire(data.spec.num_classes, data.spec.task, crop=settings.image_size,
-                               source=registry.resolve_source("scratch", profile=DEMO_PROFILE),
-                               seed=settings.seed, run_eagerly=profile.run_eagerly,
-                               preprocessing=preprocessing, bn_momentum=profile.bn_momentum)
-    schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch") * profile.lr_scale,
-                                     steps_per_epoch=steps,
-                                     epochs=settings.epochs,
-                                     warmup_epochs=min(settings.epochs, profile.warmup_epochs))
-    fit_lib.fit(model, train, None, epochs=settings.epochs, steps_per_epoch=steps,
-                schedule=schedule, checkpoint_dir=None, verbose=0,
-                log_epoch=lambda e, v: say(f"    epoch {e}: loss {v['loss']:.3f}, "
-                                           f"accuracy {100 * v.get('accuracy', 0):.1f}%"))
-    probs, labels = fit_lib.predict_with_labels(model, test_ds)
-    accuracy = float((probs.argmax(axis=1) == labels).mean())
-    shutil.rmtree(cache_root, ignore_errors=True)
+    trained = commands.train_without_run(
+        settings, preprocessing=STANDIN_PREPROCESSING, cache_name="demo-imagenet-standin",
+        progress=say, log_epoch=lambda e, v: say(f"    epoch {e}: loss {v['loss']:.3f}, "
+                                                  f"accuracy {100 * v.get('accuracy', 0):.1f}%"))
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:  # never leave a half-written file
         partial = Path(tmp) / path.name
-        models.save_notop_weights(models.unwrap(model), partial)
+        models.save_notop_weights(trained.model, partial)
         partial.replace(path)
     info = {
         "synthetic": True,
@@ -249,12 +244,12 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
                  f"{STANDIN_KEY} stand-in by `rssc demo`, standing in for Keras's ImageNet "
                  "weights (which the demo does not download). Numbers obtained with it are not "
                  "comparable to the paper."),
-        **identity, "train_images": len(data.split.train), "test_images": len(data.split.test),
-        "test_accuracy": accuracy, "preprocessing": preprocessing,
+        **identity, "train_images": trained.train_images, "test_images": trained.test_images,
+        "test_accuracy": trained.test_accuracy, "preprocessing": STANDIN_PREPROCESSING,
         "generator": "rssc_mlflow.demo",
     }
     info_path.write_text(json.dumps(info, indent=1) + "\n")
-    say(f"  held-out accuracy {100 * accuracy:.1f}% -> {path} (+ {info_path.name})")
+    say(f"  held-out accuracy {100 * trained.test_accuracy:.1f}% -> {path} (+ {info_path.name})")
     return path
 
 
@@ -274,7 +269,7 @@ def _checks(weights: Path, csv_path: Path) -> list:
     from rssc_mlflow.tracking import runs
 
     client = MlflowClient()
-    records = summarize.fetch_runs(client, summarize._experiment_ids(client,
+    records = summarize.fetch_runs(client, summarize.experiment_ids(client,
                                                                       runs.experiment_name()))
     checks = demo_checks.demo_checks(records, _standin_accuracy(weights), profile=DEMO_PROFILE)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +284,8 @@ def _checks(weights: Path, csv_path: Path) -> list:
 
 
 def default_workers() -> int:
-    """One worker per core, at most two: each holds ~3 GB of compiled models."""
+    """One worker per core, at most two: each holds its compiled models in memory (their size:
+    docs/PERFORMANCE.md, "The demo")."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
@@ -326,12 +322,8 @@ def run_demo(out: Path = Path("demo_out"), images_per_class: int = DEFAULT_IMAGE
 
     progress(BANNER)
     progress(f"output: {out}\ndatasets: {data_dir}\ntracking store: {tracking_uri}")
-    with _environment(RSSC_DATA_DIR=str(data_dir), MLFLOW_TRACKING_URI=tracking_uri), \
-            _quiet_loggers(), contextlib.ExitStack() as stack:
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-        # Scoped: a process-wide set_tracking_uri would outlive the demo (e.g. in a test run).
-        stack.enter_context(_use_tracking_uri(tracking_uri))
+    with mock.patch.dict(os.environ, RSSC_DATA_DIR=str(data_dir)), \
+            _tracking_store(tracking_uri), _quiet_loggers():
         done = phase(1, "starting TensorFlow")
         from rssc_mlflow import models  # noqa: F401 - TensorFlow import, timed on its own
 
@@ -354,7 +346,7 @@ def run_demo(out: Path = Path("demo_out"), images_per_class: int = DEFAULT_IMAGE
             done = phase(4, "ImageNet stand-in (Keras's ImageNet weights are not downloaded)")
             weights = _imagenet_standin(out / "imagenet_standin", progress)
             done()
-            with _environment(**{models.IMAGENET_WEIGHTS_ENV: str(weights)}):
+            with mock.patch.dict(os.environ, {models.IMAGENET_WEIGHTS_ENV: str(weights)}):
                 what = ("every run of Tables II-IV and Figures 1-3" if full else
                         "Tables II-IV and the UCM column of Figures 1-3")
                 done = phase(5, f"{what} (reproduce, profile demo; already finished runs are "

@@ -106,7 +106,6 @@ def test_reproduce_gpus_per_run_refuses_too_many_gpus(data_dir, monkeypatch):
 
 
 def test_summarize_pool_precision_reaches_summarize(monkeypatch, tmp_path):
-    from rssc_mlflow import mlproject
     from rssc_mlflow.results import summarize as summarize_mod
 
     asked = []
@@ -119,7 +118,7 @@ def test_summarize_pool_precision_reaches_summarize(monkeypatch, tmp_path):
     assert runner.invoke(app, ["summarize", "--pool-precision"]).exit_code == 0
     assert runner.invoke(app, ["summarize"]).exit_code == 0
     with pytest.raises(SystemExit) as done:  # the MLproject entry point: -P pool_precision=true
-        mlproject.main(["summarize", "--pool_precision", "true"])
+        app(["mlproject", "summarize", "--pool_precision", "true"], prog_name="rssc")
     assert done.value.code in (0, None)
     assert asked == [True, False, True]
 

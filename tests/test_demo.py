@@ -150,3 +150,34 @@ def test_imagenet_standin_trains_saves_and_is_reused(tmp_path, monkeypatch) -> N
     said.clear()
     assert demo._imagenet_standin(tmp_path / "weights", said.append) == path
     assert said == [f"  reusing {path}"]
+
+
+def test_mlflow_still_has_the_scoped_tracking_uri_the_demo_uses() -> None:
+    """The demo scopes its store with MLflow's private `_use_tracking_uri` (no public API can
+    unset a URI): this fails on an MLflow upgrade that drops it, then the fallback below is used."""
+    from mlflow.tracking._tracking_service import utils
+
+    assert callable(utils._use_tracking_uri)
+
+
+def test_the_demo_store_is_scoped_with_or_without_mlflow_private_setter(
+        tmp_path, monkeypatch) -> None:
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    # The fallback pins MLflow's process-wide URI: restored when the test ends.
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as in a fresh process
+    before = f"sqlite:///{tmp_path / 'before.db'}"
+    inside = f"sqlite:///{tmp_path / 'demo.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", before)
+    with demo._tracking_store(inside):
+        assert mlflow.get_tracking_uri() == inside
+    assert mlflow.get_tracking_uri() == before
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", later)  # followed again: nothing pinned
+    assert mlflow.get_tracking_uri() == later
+
+    monkeypatch.delattr(utils, "_use_tracking_uri")  # an MLflow without it: the fallback
+    with demo._tracking_store(inside):
+        assert mlflow.get_tracking_uri() == inside
+    assert mlflow.get_tracking_uri() == later

@@ -1,4 +1,4 @@
-"""The MLproject files and their one shim, `python -m rssc_mlflow.mlproject STAGE`.
+"""The MLproject files and their one shim, `python -m rssc_mlflow.cli mlproject STAGE`.
 
 Commands are filled in by MLflow's own project loader (declared defaults, and undeclared
 parameters appended as `--key value`), then parsed by the rssc command they reach, without
@@ -17,12 +17,12 @@ import pytest
 import yaml
 from mlflow.projects import _project_spec
 
-from rssc_mlflow import mlproject, protocol
+from rssc_mlflow import cli, protocol
 from rssc_mlflow.results import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECTS = [ROOT, ROOT / "kubernetes"]
-SHIM = ["python", "-m", "rssc_mlflow.mlproject"]
+SHIM = ["python", "-m", "rssc_mlflow.cli", "mlproject"]
 REQUIRED = {"source": "mlrsnet_sl", "target": "ucm"}  # the declared parameters without default
 MLFLOW_TYPES = ("string", "float", "path", "uri")  # the MLproject spec's types
 
@@ -39,9 +39,9 @@ def _parse(project: Path, stage: str, params: dict[str, str]):
     """What `mlflow run PROJECT -e STAGE -P k=v ...` runs, parsed by `rssc STAGE` (not run)."""
     entry = _project_spec.load_project(str(project)).get_entry_point(stage)
     argv = shlex.split(entry.compute_command(params, storage_dir=None))
-    assert argv[:4] == [*SHIM, stage]
-    args = mlproject.to_argv(stage, argv[4:])
-    return mlproject.command(stage).make_context(stage, args)
+    assert argv[:5] == [*SHIM, stage]
+    args = cli.mlproject_argv(stage, argv[5:])
+    return cli.stage_command(stage).make_context(stage, args)
 
 
 def test_both_projects_have_the_same_entry_points_with_the_same_defaults():
@@ -58,10 +58,10 @@ def test_every_command_is_the_shim_with_every_declared_parameter(project, stage)
     spec = _entry_points(project)[stage]
     declared = spec.get("parameters") or {}
     argv = shlex.split(spec["command"])
-    assert argv[:4] == [*SHIM, stage]
+    assert argv[:5] == [*SHIM, stage]
     used = [f for _, f, _, _ in string.Formatter().parse(spec["command"]) if f]
     assert sorted(used) == sorted(declared)  # each declared parameter once, nothing undeclared
-    assert " ".join(argv[4:]) == " ".join(f"--{k.replace('_', '-')} {{{k}}}" for k in declared)
+    assert " ".join(argv[5:]) == " ".join(f"--{k.replace('_', '-')} {{{k}}}" for k in declared)
     for name, value in declared.items():
         if isinstance(value, str):
             assert value in MLFLOW_TYPES and name in REQUIRED
@@ -76,7 +76,7 @@ def test_declared_defaults_are_the_commands_own(project, stage):
     declared = _entry_points(project)[stage].get("parameters") or {}
     given = {k: v for k, v in REQUIRED.items() if k in declared}
     ctx = _parse(project, stage, given)
-    params = {p.name: p for p in mlproject.command(stage).params}
+    params = {p.name: p for p in cli.stage_command(stage).params}
     for name in set(declared) - set(given):
         assert ctx.params[name] == params[name].default, name
     assert {k: str(ctx.params[k]) for k in given} == given
@@ -91,7 +91,7 @@ def test_every_option_of_the_rssc_command_is_a_parameter(project, stage):
     not), and a flag takes true and false."""
     declared = _entry_points(project)[stage].get("parameters") or {}
     base = {k: v for k, v in REQUIRED.items() if k in declared}
-    options = [p for p in mlproject.command(stage).params
+    options = [p for p in cli.stage_command(stage).params
                if p.param_type_name == "option" and p.name not in REQUIRED and not p.hidden]
     assert options
     for param in options:
@@ -126,25 +126,25 @@ def test_kubernetes_parameters_of_reproduce_reach_the_command():
 
 def test_not_given_values_bad_flags_and_unknown_parameters():
     # "default" or "" leaves the option to the command (a declared parameter always has a value).
-    assert mlproject.to_argv("finetune", ["--lr", "default", "--epochs", "", "--seed", "3"]) == \
+    assert cli.mlproject_argv("finetune", ["--lr", "default", "--epochs", "", "--seed", "3"]) == \
         ["--seed", "3"]
-    assert mlproject.to_argv("transfer", ["--plan", "true", "--target", "ucm"]) == ["ucm", "--plan"]
+    assert cli.mlproject_argv("transfer", ["--plan", "true", "--target", "ucm"]) == ["ucm", "--plan"]
     with pytest.raises(SystemExit, match="standardize must be true or false, not 'yes'"):
-        mlproject.to_argv("probe", ["--standardize", "yes"])
+        cli.mlproject_argv("probe", ["--standardize", "yes"])
     with pytest.raises(SystemExit, match="no rssc command 'nosuch'"):
-        mlproject.to_argv("nosuch", [])
+        cli.mlproject_argv("nosuch", [])
     # An unknown parameter reaches rssc, which names it.
-    assert mlproject.to_argv("summarize", ["--batch_size", "8"]) == ["--batch-size", "8"]
+    assert cli.mlproject_argv("summarize", ["--batch_size", "8"]) == ["--batch-size", "8"]
     with pytest.raises(Exception, match="No such option: --batch-size"):
-        mlproject.command("summarize").make_context("summarize", ["--batch-size", "8"])
+        cli.stage_command("summarize").make_context("summarize", ["--batch-size", "8"])
 
 
 def test_the_module_runs_as_a_script():
     """The way MLflow runs it: rssc's own usage error for a bad value, before any training."""
-    done = subprocess.run([sys.executable, "-m", "rssc_mlflow.mlproject", "finetune",
+    done = subprocess.run([sys.executable, "-m", "rssc_mlflow.cli", "mlproject", "finetune",
                            "--source", "scratch", "--lr", "fast"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 2 and "Invalid value for '--lr'" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "rssc_mlflow.mlproject"],
+    done = subprocess.run([sys.executable, "-m", "rssc_mlflow.cli", "mlproject"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 1 and "usage: python -m rssc_mlflow.mlproject STAGE" in done.stderr
+    assert done.returncode == 1 and "usage: python -m rssc_mlflow.cli mlproject STAGE" in done.stderr

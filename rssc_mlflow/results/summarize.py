@@ -291,7 +291,8 @@ def _check_metric(multilabel_metric: str) -> str:
     return metric
 
 
-def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+def experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    """The ids of the experiment named `experiment` (None: every active one)."""
     if experiment is None:
         found_all = get_results_from_paginated_fn(
             lambda count, token: client.search_experiments(
@@ -796,7 +797,7 @@ def summarize(
         raise RsscError(f"resamples={resamples}: the Findings' 95 % intervals need at least "
                         f"{findings_lib.MIN_RESAMPLES:,} bootstrap resamples.")
     client = MlflowClient(tracking_uri or mlflow.get_tracking_uri())
-    records = fetch_runs(client, _experiment_ids(client, experiment))
+    records = fetch_runs(client, experiment_ids(client, experiment))
     index = _index(records)
     tables = {layout.key: build_table(layout, index, metric, pool_precision)
               for layout in LAYOUTS}

@@ -634,6 +634,6 @@ def test_fetch_runs_reads_every_page(client: MlflowClient, monkeypatch: pytest.M
     make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.9}, status="FAILED")
     made.add(make_run(client, "probe", "aid", "ucm", metrics={"test_accuracy": 0.9},
                       experiment="other"))
-    ids = summarize_mod._experiment_ids(client, None)
+    ids = summarize_mod.experiment_ids(client, None)
     assert {client.get_experiment(i).name for i in ids} >= {"rssc", "other"}
     assert {r.run_id for r in summarize_mod.fetch_runs(client, ids)} == made

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rssc_mlflow import mlproject
 from rssc_mlflow.cli import app
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import transfer as tr
@@ -64,9 +63,9 @@ def test_the_mlproject_entry_point_runs_the_cli(isolated_environment, capsys) ->
     # MLflow appends the parameters an entry point does not declare as `--key value`.
     extras = [f"--{k} {v}" for k, v in given.items() if k not in values]
     argv = shlex.split(" ".join([spec["command"].format(**values), *extras]))
-    assert argv[:4] == ["python", "-m", "rssc_mlflow.mlproject", "transfer"]
+    assert argv[:5] == ["python", "-m", "rssc_mlflow.cli", "mlproject", "transfer"]
     with pytest.raises(SystemExit) as done:
-        mlproject.main(argv[3:])
+        app(argv[3:], prog_name="rssc")
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
     assert "Transfer to rsscn7: 2 runs (profile smoke; seeds 42,43)" in out

@@ -1,4 +1,5 @@
-"""Real training runs that lose their process or their tracking server, then `--resume`.
+"""`tracking.recovery`: the run lock, resuming, and real training runs that lose their process
+or their tracking server, then `--resume`.
 
 - `kill -9` in epoch 2 of 3, then `rssc finetune --resume RUN_ID`: the same run, epochs 1-3
   once each, and every metric bit-identical to an uninterrupted run with the same seed
@@ -7,7 +8,8 @@
   predictions are kept on local disk, the error says where, and `--resume` logs them later
   without retraining.
 
-Each `rssc` runs in its own process, as a user would run it.
+Each `rssc` runs in its own process, as a user would run it. The lock, the resume checks and
+the server-gone messages are tested on their own first.
 """
 
 from __future__ import annotations
@@ -21,22 +23,128 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score
 
-from rssc_mlflow.tracking import runs
+from rssc_mlflow.tracking import recovery, runs
 from rssc_mlflow.tracking.predictions import TAG_PREDICTIONS, load_predictions
 from tests.tracking.conftest import start_mlflow_server
 from tests.tracking.test_quiet import ALLOWED, clean_env
 
-pytestmark = pytest.mark.slow
-
 FINETUNE = ["finetune", "--source", "scratch", "--target", "ucm", "--profile", "smoke",
             "--epochs", "3", "--no-log-model"]
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def _run(folder: Path | None, stage: str = "finetune", run_id: str = "abc123"):
+    tags = {runs.TAG_STAGE: stage}
+    if folder is not None:
+        tags[runs.TAG_CHECKPOINT_DIR] = str(folder)
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(tags=tags))
+
+
+def test_resumable_only_with_a_free_local_checkpoint_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints" / "abc123"
+    assert not recovery.can_resume(_run(folder))  # another machine's run: no folder here
+    folder.mkdir(parents=True)
+    assert recovery.can_resume(_run(folder))
+    assert not recovery.can_resume(_run(folder, stage="probe"))  # nothing to resume
+    assert not recovery.can_resume(_run(None))  # failed before it had a checkpoint folder
+    with recovery.training_lock(folder, "abc123"):
+        assert not recovery.can_resume(_run(folder))  # being trained right now
+        with pytest.raises(recovery.RunLocked, match=r"Run abc123 is being trained by another "
+                                                     r"process on this machine .*locked"):
+            with recovery.training_lock(folder, "abc123"):
+                pass
+    assert recovery.can_resume(_run(folder))  # released
+
+
+def test_a_killed_process_releases_its_lock(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from rssc_mlflow.tracking import recovery
+        with recovery.training_lock(Path({str(folder)!r}), "r1"):
+            print("held", flush=True)
+            time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not recovery.can_resume(_run(folder, run_id="r1"))
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs
+        holder.wait()
+    assert recovery.can_resume(_run(folder, run_id="r1"))
+
+
+def test_resume_on_another_replica_count_is_refused(isolated_environment: Path) -> None:
+    import mlflow
+
+    from rssc_mlflow.errors import RsscError
+
+    with mlflow.start_run() as two:
+        mlflow.log_param("replicas", "2")
+    with mlflow.start_run() as old:  # logged before runs recorded their replicas
+        pass
+    recovery.check_resume_replicas(two.info.run_id, 2)
+    recovery.check_resume_replicas(old.info.run_id, 4)
+    recovery.check_resume_replicas(None, 4)
+    with pytest.raises(RsscError, match=r"trained on 2 replica\(s\), but this process sees 1\. "
+                                        r"Received: replicas=1.*CUDA_VISIBLE_DEVICES"):
+        recovery.check_resume_replicas(two.info.run_id, 1)
+
+
+def test_resume_refuses_another_stages_run(isolated_environment: Path) -> None:
+    """`rssc finetune --resume RUN` of a pretrain run names the command that continues it."""
+    import mlflow
+
+    from rssc_mlflow.errors import RsscError
+
+    with mlflow.start_run() as run:
+        mlflow.log_params({"stage": "pretrain", "source": "ucm", "profile": "smoke",
+                           "epochs": "2", "batch_size": "4", "image_size": "32", "seed": "1",
+                           "precision": "float32"})
+    run_id = run.info.run_id
+    assert recovery.settings_from_run(run_id)[0] == "pretrain"
+    with pytest.raises(RsscError, match=rf"Run {run_id} is a pretrain run; resume it with "
+                                        rf"`rssc pretrain --resume {run_id}`"):
+        recovery.settings_for_resume("finetune", run_id)
+    assert recovery.settings_for_resume("pretrain", run_id).epochs == 2
+    with pytest.raises(RsscError, match=r"Cannot resume run 'nosuch': it is not in the "
+                                        r"tracking store"):
+        recovery.settings_for_resume("pretrain", "nosuch")
+
+
+def test_only_a_lost_server_becomes_tracking_server_gone(tmp_path: Path) -> None:
+    """The server-gone wrappers turn a connection error into the message that says where the
+    work is (and keep the results); any other error goes through as it was."""
+    kept: list[Path] = []
+    with pytest.raises(ValueError, match="not the server"):
+        with recovery.results_kept_if_server_gone("adapt", "r1", tmp_path, kept.append):
+            raise ValueError("not the server")
+    assert kept == []  # nothing kept for an error that is not the server's
+    with pytest.raises(runs.TrackingServerGone, match=r"stopped answering at the end of run r1"
+                                                      r"\. Nothing is lost.*`rssc adapt "
+                                                      r"--resume r1` logs them"):
+        with recovery.results_kept_if_server_gone("adapt", "r1", tmp_path, kept.append):
+            raise ConnectionError("refused")
+    assert kept == [tmp_path]
+    with pytest.raises(KeyError):
+        with recovery.server_gone_during_training("adapt", "r1", tmp_path, backups=True):
+            raise KeyError("x")
+    with pytest.raises(runs.TrackingServerGone, match=rf"during training of run r1; its last "
+                                                      rf"epoch backup is in {tmp_path}\. .*"
+                                                      r"`rssc adapt --resume r1` continues"):
+        with recovery.server_gone_during_training("adapt", "r1", tmp_path, backups=True):
+            raise ConnectionError("refused")
+    with pytest.raises(runs.TrackingServerGone, match="this profile keeps no backups"):
+        with recovery.server_gone_during_training("adapt", "r1", tmp_path, backups=False):
+            raise ConnectionError("refused")
 
 
 def _env(world, tmp_path: Path, uri: str, **extra: str) -> dict[str, str]:
@@ -57,6 +165,7 @@ def _history(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[tuple[i
             for key in EPOCH_METRICS}
 
 
+@pytest.mark.slow
 def test_kill_9_in_epoch_2_then_resume_matches_an_uninterrupted_run(world, tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -145,6 +254,7 @@ def _interrupt(args: list[str], env: dict[str, str], tmp_path: Path, sig: signal
     return proc.returncode, " ".join(console.text().split())
 
 
+@pytest.mark.slow
 def test_sigterm_in_epoch_2_marks_the_run_killed_and_resume_finishes_it(world, tmp_path: Path):
     """Pre-emption as Kubernetes or a batch scheduler does it: SIGTERM to `rssc finetune` in
     epoch 2 of 2. The run is KILLED with the reason, its checkpoint is kept, the console gives
@@ -216,6 +326,7 @@ KILL_SERVER_AFTER_TRAINING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tmp_path: Path,
                                                                         monkeypatch):
     store = f"sqlite:///{tmp_path / 'server.db'}"
@@ -272,13 +383,12 @@ def test_server_gone_at_the_end_keeps_the_results_and_resume_logs_them(world, tm
         server.stop()
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_another_process_trains_is_refused(world, tmp_path: Path):
     """`rssc finetune --resume RUN` while another `rssc finetune` process trains RUN: refused
     with the lock's message and exit 1, the run untouched (still RUNNING, no error), and
-    `reproduce`'s test for continuing it (`commands.can_resume`) says no."""
+    `reproduce`'s test for continuing it (`recovery.can_resume`) says no."""
     import threading
-
-    from rssc_mlflow import commands
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -309,7 +419,7 @@ def test_resume_of_a_run_another_process_trains_is_refused(world, tmp_path: Path
         assert "Traceback" not in refused.stderr and "Epoch 1/" not in refused.stdout
         run = client.get_run(run_id)
         assert run.info.status == "RUNNING" and runs.TAG_ERROR not in run.data.tags
-        assert not commands.can_resume(run)  # so `reproduce` leaves it alone
+        assert not recovery.can_resume(run)  # so `reproduce` leaves it alone
     finally:
         trainer.kill()
         trainer.wait()
