@@ -1,6 +1,6 @@
 """Training: images/s of a real Keras fit through our pipeline vs fit on in-memory tensors.
 
-Ours: `rssc_mlflow.training.fit.fit` (the package's loop: per-step learning rate, per-epoch
+Ours: `rssc_mlflow.training.fit.fit` (the package's loop: Adam on the run's schedule, per-epoch
 logger) on `make_dataset`'s augmented, cached pipeline of uint8 batches, into the model that
 preprocesses them (`models.with_preprocessing`), as `commands` trains. Ceiling: `model.fit` on
 the same images already in memory as uint8 tensors (central crops, no augmentation), same
@@ -40,8 +40,7 @@ def measure(precision: str, crop: int, images: int, batch: int, epochs: int,
         x, y = in_memory(examples, n, crop)
         clock = EpochClock()
         model.fit(x, y, batch_size=batch, epochs=1 + epochs, verbose=0,
-                  callbacks=[fit.StepLearningRate(schedule),
-                             fit.EpochLogger(clock.tick, schedule)])
+                  callbacks=[fit.EpochLogger(clock.tick, schedule)])
         result["ceiling"] = clock.rate(n)
     return result
 

@@ -321,9 +321,17 @@ def _report(spec: DatasetSpec, ds: PreparedDataset, *, already: bool,
 @contextlib.contextmanager
 def _tfds_memory_bound(megabytes: int) -> Iterator[None]:
     """TFDS's shuffler keeps every encoded example in memory up to a module constant, then
-    writes them to temporary buckets; the shards it writes are the same either way."""
+    writes them to temporary buckets; the shards it writes are the same either way.
+
+    A memory bound, not a speed choice, so it stays with `prepare`. The constant is TFDS's
+    own (no public setting exists); a TFDS without it keeps its default bound, which
+    prepares the same shards (tests/data/test_prepare.py checks that it is still read).
+    """
     from tensorflow_datasets.core import shuffle
 
+    if not isinstance(getattr(shuffle, "MAX_MEM_BUFFER_SIZE", None), int):
+        yield
+        return
     saved = shuffle.MAX_MEM_BUFFER_SIZE
     shuffle.MAX_MEM_BUFFER_SIZE = megabytes << 20
     try:

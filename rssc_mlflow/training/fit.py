@@ -1,25 +1,19 @@
-"""The one training loop behind pretrain, adapt and finetune.
+"""The one training loop behind pretrain, adapt and finetune, as the paper trains.
 
-Keras `fit` with: Adam on the warm-up + step-decay schedule, a checkpoint at the end of every
-epoch (`BackupAndRestore`, so a resumed run continues where it stopped), one batched MLflow call
-per epoch, and a hard stop with a clear error when the loss becomes NaN.
+Keras `fit` with: `keras.optimizers.Adam` on the warm-up + step-decay schedule (a
+`LearningRateSchedule`, `schedule.RunSchedule`), a checkpoint at the end of every epoch
+(`keras.callbacks.BackupAndRestore`, so a resumed run continues where it stopped), and one
+callback per epoch (`EpochLogger`: one batched MLflow call, and a hard stop with a clear error
+when the loss becomes NaN).
 
-The learning rate lives in the optimizer's variable and `StepLearningRate` sets it to
-`schedule(step)` before every step (step = the optimizer's iteration count, exactly what Keras
-would pass to a schedule given to the optimizer). The traced train step never depends on the
-schedule, so one compiled model can be reused for runs of any length (`model_pool`).
-
-Two CPU-speed choices, same mathematics (see `FusedAdam` and `fast_conv_gradients`):
-- Adam updates each variable with TensorFlow's fused `ResourceApplyAdam` kernel (the update of
-  Keras 2 / TF1's Adam) instead of ~15 separate ops: a 3x cheaper optimizer step on a CPU and
-  about 5 s less tracing for ResNet-50.
-- On CPU, conv input-gradients use TensorFlow's "eigen_tensor" kernel: the default one is
-  10-20x slower at the 1x1 and 2x2 feature maps of small crops (a demo step 4x slower in all).
+The CPU speed work (model reuse, a fused Adam kernel, a faster conv-gradient kernel, an early
+build) is `speed`'s, behind its one switch; none of it changes what is trained.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -30,10 +24,11 @@ import tensorflow as tf
 
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.training import metrics as metrics_lib
-from rssc_mlflow.training.schedule import Schedule, WarmupStepDecay
+from rssc_mlflow.training import speed
+from rssc_mlflow.training.schedule import RunSchedule, Schedule, WarmupStepDecay
 
-# The CPU kernel used for conv input-gradients inside traced train steps (see module doc).
-CPU_CONV_INPUT_GRAD_KERNEL = "eigen_tensor"
+# optimizer -> the RunSchedule it was made with (Keras exposes only the current rate).
+_run_schedules: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class NanLossError(RsscError):
@@ -67,76 +62,6 @@ class EpochLogger(keras.callbacks.Callback):
             self._log_epoch(epoch + 1, values)
 
 
-@keras.saving.register_keras_serializable(package="rssc_mlflow")
-class FusedAdam(keras.optimizers.Adam):
-    """Keras's Adam whose per-variable update is TensorFlow's fused `ResourceApplyAdam` kernel.
-
-    The same update as `keras.optimizers.Adam` (m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2),
-    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), t = iterations + 1), in one op per
-    variable. Falls back to Keras's update for anything the kernel does not cover (amsgrad,
-    sparse gradients, distribution strategies, non-float32 variables).
-    """
-
-    def update_step(self, gradient, variable, learning_rate):
-        if (self.amsgrad or isinstance(gradient, tf.IndexedSlices)
-                or tf.distribute.has_strategy() or variable.dtype != tf.float32):
-            return super().update_step(gradient, variable, learning_rate)
-        index = self._get_variable_index(variable)
-        try:
-            handles = (variable.handle, self._momentums[index].handle,
-                       self._velocities[index].handle)
-        except AttributeError:  # not a resource variable
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        local_step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
-        return tf.raw_ops.ResourceApplyAdam(
-            var=handles[0], m=handles[1], v=handles[2],
-            beta1_power=tf.pow(beta_1, local_step), beta2_power=tf.pow(beta_2, local_step),
-            lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
-
-
-class StepLearningRate(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate to `schedule(iterations)` before every training step."""
-
-    def __init__(self, schedule: Schedule):
-        super().__init__()
-        self._schedule = schedule
-        self._step: int | None = None
-
-    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
-        self._step = None
-
-    def on_train_batch_begin(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
-        if self._step is None:
-            # Read the device counter once, at the first step (after BackupAndRestore has put
-            # a resumed run's optimizer back); counting here afterwards avoids a device-to-host
-            # sync before every step on a GPU.
-            self._step = int(self.model.optimizer.iterations.numpy())
-        self.model.optimizer.learning_rate = self._schedule(self._step)
-        self._step += 1
-
-
-def fast_conv_gradients(model: keras.Model) -> None:
-    """On CPU (no GPU visible, float32), trace the model's train step with the fast conv
-    input-gradient kernel. A no-op elsewhere and in eager mode (the label only affects graphs)."""
-    if tf.config.list_physical_devices("GPU") or getattr(model, "_rssc_fast_conv", False):
-        return
-    if keras.mixed_precision.global_policy().compute_dtype != "float32":
-        return
-    train_step = model.train_step
-
-    def labelled_train_step(data):
-        graph = tf.compat.v1.get_default_graph()
-        with graph._kernel_label_map({"Conv2DBackpropInput": CPU_CONV_INPUT_GRAD_KERNEL}):
-            return train_step(data)
-
-    model.train_step = labelled_train_step
-    model._rssc_fast_conv = True
-
-
 def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: int,
                   warmup_epochs: int) -> WarmupStepDecay:
     """The paper's schedule (`schedule.make_schedule` picks by `--schedule-steps`)."""
@@ -145,23 +70,15 @@ def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: int,
 
 
 def compile_model(model: keras.Model, *, task: str, run_eagerly: bool = False) -> None:
-    """Adam (rate set per step by `fit`); the loss and in-training metrics follow the task."""
+    """Adam on a `RunSchedule` (`fit` gives it the run's schedule); the loss and in-training
+    metrics follow the task."""
     loss = "binary_crossentropy" if task == "multi" else "sparse_categorical_crossentropy"
-    model.compile(optimizer=FusedAdam(learning_rate=0.0), loss=loss,
+    run_schedule = RunSchedule()
+    optimizer = speed.adam(run_schedule)
+    _run_schedules[optimizer] = run_schedule
+    model.compile(optimizer=optimizer, loss=loss,
                   metrics=metrics_lib.keras_metrics(task), run_eagerly=run_eagerly)
-    fast_conv_gradients(model)
-
-
-def prebuild(model: keras.Model, data: tf.data.Dataset) -> None:
-    """Build the compiled metrics and the optimizer before the train step is traced.
-
-    Keras (without a distribution strategy) builds them inside the first trace, which makes
-    TensorFlow trace the whole ResNet-50 train step twice (~10 s more per new model).
-    """
-    try:
-        model._symbolic_build(data_batch=data.element_spec)
-    except Exception:  # noqa: BLE001 - private Keras API: without it, Keras builds lazily
-        pass
+    speed.fast_conv_gradients(model)
 
 
 class TrainingEpochs(Protocol):
@@ -181,17 +98,21 @@ def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | No
     The evaluation split is passed as validation data, as the authors did: it is reported each
     epoch and never used for model selection (the last epoch is the result). `eval_ds=None`
     skips it (the `demo` profile: the final evaluation is made after `fit` anyway).
-    The model must have been compiled by `compile_model`: the rate of
-    every step comes from `schedule`. Returns the epoch training started from (0 unless resumed).
+    The model must have been compiled by `compile_model`: its optimizer's `RunSchedule` is
+    given `schedule`, so the rate of every step is `schedule(step)`. Returns the epoch
+    training started from (0 unless resumed).
 
     A resumed run restores weights, optimizer state and the epoch from the backup, then asks
     `train` for the epochs left: their batches depend only on (seed, epoch), so with op
     determinism the resumed run ends with exactly the weights of an uninterrupted one.
     """
-    prebuild(model, train(first_epoch=0, epochs=1))
+    run_schedule = _run_schedules.get(model.optimizer)
+    if run_schedule is None:
+        raise ValueError("fit: compile the model with compile_model (Adam on a RunSchedule).")
+    run_schedule.assign(schedule, steps=epochs * steps_per_epoch)
+    speed.prebuild(model, train(first_epoch=0, epochs=1))
     extra_callbacks = list(callbacks)  # the caller's (e.g. progress.DurationEstimate)
     callbacks: list[keras.callbacks.Callback] = [
-        StepLearningRate(schedule),
         # Logging before the backup: an epoch is checkpointed only once it is recorded.
         EpochLogger(log_epoch, schedule, already_logged),
         *extra_callbacks,
@@ -208,7 +129,8 @@ def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | No
         # Restore now (fit restores again; cheap) to learn which epoch the data must start at.
         backup.set_model(model)
         backup.on_train_begin()
-        first_epoch = int(model._initial_epoch or 0)
+        # Backups are made at epoch ends only, so the restored step count gives the epoch.
+        first_epoch = int(model.optimizer.iterations.numpy()) // steps_per_epoch
     if first_epoch >= epochs:
         return first_epoch  # killed after the last backup: nothing left to train
     model.fit(train(first_epoch=first_epoch, epochs=epochs - first_epoch),

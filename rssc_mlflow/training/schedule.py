@@ -199,3 +199,49 @@ def lr_at_epoch(schedule: Schedule, epoch: int, *, last_step: bool = False) -> f
     """Rate used at the first (or, with `last_step`, the last) step of 0-based `epoch`, for logs."""
     step = epoch * schedule.steps_per_epoch + (schedule.steps_per_epoch - 1 if last_step else 0)
     return float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+@keras.saving.register_keras_serializable(package="rssc_mlflow")
+class RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The optimizer's schedule: the rate of every step of the current run, in a tf.Variable.
+
+    `fit` gives it the run's `Schedule` (`assign`), which is tabulated step by step; the
+    optimizer then reads `rates[iterations]` (the last rate past the end). Because the numbers
+    live in a variable, a traced train step does not depend on them: one compiled model
+    (`speed`'s pool) follows each new run's schedule without being traced again.
+    """
+
+    def __init__(self, schedule: dict[str, Any] | Schedule | None = None) -> None:
+        super().__init__()
+        import tensorflow as tf  # this module's schedules use only keras.ops
+
+        self._rates = tf.Variable([0.0], shape=tf.TensorShape([None]), dtype=tf.float32,
+                                  trainable=False, name="run_schedule_rates")
+        self.schedule: Schedule | None = None
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        if schedule is not None:
+            self.assign(schedule)
+
+    def assign(self, schedule: Schedule, steps: int | None = None) -> None:
+        """Follow `schedule` for `steps` steps (default: its whole run)."""
+        import numpy as np
+
+        if steps is None:
+            steps = schedule.steps_per_epoch * schedule.epochs
+        rates = keras.ops.convert_to_numpy(schedule(np.arange(max(1, steps), dtype=np.int64)))
+        self._rates.assign(np.asarray(rates, dtype=np.float32))
+        self.schedule = schedule
+
+    def rates(self) -> Any:
+        return self._rates.numpy()
+
+    def __call__(self, step: Any) -> Any:
+        import tensorflow as tf
+
+        last = tf.shape(self._rates, out_type=tf.int64)[0] - 1
+        return tf.gather(self._rates, tf.minimum(tf.cast(step, tf.int64), last))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"schedule": None if self.schedule is None
+                else keras.saving.serialize_keras_object(self.schedule)}

@@ -419,3 +419,20 @@ def test_train_shuffle_buffer_is_what_make_dataset_uses(monkeypatch: pytest.Monk
     assert pipeline.train_shuffle_buffer(100_000, 256) == 409  # on disk: a window of it
     assert pipeline.train_shuffle_buffer(100_000, 256, cache="memory") == 100_000
     assert pipeline.train_shuffle_buffer(50, 256, cache="disk") == 50
+
+
+def test_malloc_mmap_threshold_is_set_through_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # Loud: glibc's mallopt accepts M_MMAP_THRESHOLD (returns 1 on success).
+    assert libc.mallopt(-3, pipeline._MALLOC_MMAP_THRESHOLD) == 1
+    # The fallback: a libc without mallopt leaves malloc as it is, and the call does not fail.
+    monkeypatch.setattr(pipeline, "_malloc_fixed", False)
+    monkeypatch.setattr(pipeline.ctypes, "CDLL", lambda name: object())
+    pipeline._fix_malloc_mmap_threshold()
+    assert pipeline._malloc_fixed

@@ -495,3 +495,22 @@ def test_tiff_as_jpeg_refused_for_jpeg_datasets(data_env: Path, tmp_path: Path) 
     with pytest.raises(DatasetError, match=r"TIFF datasets \(rsicb256, ucm\); 'aid' is not one\. "
                                            r"Received: aid\."):
         prepare("aid", tmp_path, tiff_as_jpeg=75)
+
+
+def test_tfds_memory_bound_sets_the_constant_tfds_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from tensorflow_datasets.core import shuffle
+
+    # Loud: the constant is TFDS's private bound; an upgrade that drops or stops reading it
+    # must be seen here (prepare then keeps TFDS's default bound, same shards).
+    assert isinstance(shuffle.MAX_MEM_BUFFER_SIZE, int), "TFDS dropped MAX_MEM_BUFFER_SIZE"
+    assert "MAX_MEM_BUFFER_SIZE" in inspect.getsource(shuffle.Shuffler), \
+        "TFDS's Shuffler no longer reads MAX_MEM_BUFFER_SIZE"
+    default = shuffle.MAX_MEM_BUFFER_SIZE
+    with prep._tfds_memory_bound(3):
+        assert shuffle.MAX_MEM_BUFFER_SIZE == 3 << 20
+    assert shuffle.MAX_MEM_BUFFER_SIZE == default
+    monkeypatch.delattr(shuffle, "MAX_MEM_BUFFER_SIZE")  # the fallback: nothing to bound
+    with prep._tfds_memory_bound(3):
+        assert not hasattr(shuffle, "MAX_MEM_BUFFER_SIZE")
