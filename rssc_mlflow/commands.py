@@ -60,8 +60,7 @@ class RunResult:
 
 def _same_images(a: str, b: str) -> bool:
     """MLRSNet's single-/multi-label variants and subsets are the same images."""
-    family = lambda k: "mlrsnet" if get_spec(k).is_mlrsnet else k  # noqa: E731
-    return family(a) == family(b)
+    return get_spec(a).family == get_spec(b).family
 
 
 def _check_pair(source: str, target: str) -> None:

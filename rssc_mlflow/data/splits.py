@@ -186,7 +186,7 @@ def _class_key(record: RecordLike) -> str:
 def split_family(dataset: str) -> str:
     """The name that seeds a split: all MLRSNet keys share one, so they share one split."""
     spec = CATALOG.get(dataset)
-    return "mlrsnet" if spec is not None and spec.is_mlrsnet else dataset
+    return spec.family if spec is not None else dataset
 
 
 def _rng(dataset: str, role: str, seed: int, class_key: str) -> np.random.Generator:
