@@ -63,8 +63,7 @@ MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples", "map"
 SINGLE_LABEL_METRIC = "test_accuracy"
 STAGES = ("pretrain", "adapt", "finetune", "probe")
 SUMMARY_STAGE = "summarize"
-BANNER = ("SYNTHETIC DATA: these numbers come from synthetic stand-in images and are NOT "
-          "comparable to the paper.")
+BANNER = protocol.SYNTHETIC_BANNER
 PAGE_SIZE = 1000  # runs per search page; the sqlite store answers 1,000 runs in about a second
 QUICK_MARK = "†"
 DEFAULT_SETUP = "float32 x1"  # precision and replica count of the paper's runs
