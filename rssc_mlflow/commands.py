@@ -29,7 +29,7 @@ from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
 from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.protocol import PROBE_LR, get_profile
-from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_settings
+from rssc_mlflow.settings import SOURCE_STAGES, RunSettings, protocol_fingerprint, resolve_settings
 from rssc_mlflow.tracking import predictions, registry, runs
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
@@ -321,7 +321,7 @@ def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[floa
 
 def _user_spec_digest(settings: RunSettings) -> str:
     """The spec digest of the user's dataset a run reads ("" for a catalog dataset)."""
-    key = settings.source if settings.stage in ("pretrain", "adapt") else settings.target
+    key = settings.source if settings.stage in SOURCE_STAGES else settings.target
     spec = get_spec(key)
     return spec.spec_digest if spec.origin == "user" else ""
 
