@@ -32,7 +32,7 @@ from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
 from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.protocol import PROBE_LR, Profile, get_profile
-from rssc_mlflow.settings import RunSettings, protocol_fingerprint, resolve_settings
+from rssc_mlflow.settings import SOURCE_STAGES, RunSettings, protocol_fingerprint, resolve_settings
 from rssc_mlflow.tracking import predictions, recovery, registry, runs
 from rssc_mlflow.tracking.recovery import REPLICAS_PARAM
 from rssc_mlflow.training import fit as fit_lib
@@ -64,8 +64,7 @@ class RunResult:
 
 def _same_images(a: str, b: str) -> bool:
     """MLRSNet's single-/multi-label variants and subsets are the same images."""
-    family = lambda k: "mlrsnet" if get_spec(k).is_mlrsnet else k  # noqa: E731
-    return family(a) == family(b)
+    return get_spec(a).family == get_spec(b).family
 
 
 def _check_pair(source: str, target: str) -> None:
@@ -292,7 +291,7 @@ def _rates(settings: RunSettings, source: registry.ResolvedSource) -> tuple[floa
 
 def _user_spec_digest(settings: RunSettings) -> str:
     """The spec digest of the user's dataset a run reads ("" for a catalog dataset)."""
-    key = settings.source if settings.stage in ("pretrain", "adapt") else settings.target
+    key = settings.source if settings.stage in SOURCE_STAGES else settings.target
     spec = get_spec(key)
     return spec.spec_digest if spec.origin == "user" else ""
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from unittest import mock
 
 from rssc_mlflow.errors import RsscError
+from rssc_mlflow.protocol import SYNTHETIC_BANNER
 
 DEMO_PROFILE = "demo"
 # Enough images that a held-out split measures something (20 % of 12 per class is 2, so
@@ -64,8 +65,7 @@ STANDIN_PREPROCESSING = "imagenet-caffe"
 CORE_TARGETS = ("ucm",)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_WORKERS = 2
-BANNER = ("SYNTHETIC DATA DEMO: every image is generated and ImageNet is a stand-in trained on "
-          "synthetic images; no number here is comparable to the paper.")
+BANNER = SYNTHETIC_BANNER
 
 Progress = Callable[[str], None]
 

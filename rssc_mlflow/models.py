@@ -35,9 +35,9 @@ import tensorflow as tf
 
 from rssc_mlflow import protocol
 from rssc_mlflow.data import pipeline
+from rssc_mlflow.data.catalog import Task
 from rssc_mlflow.errors import ModelError
 
-Task = Literal["single", "multi"]
 
 BACKBONE_NAME = "resnet50"
 POOL_NAME = "avg_pool"

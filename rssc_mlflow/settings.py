@@ -10,15 +10,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from rssc_mlflow import protocol
 from rssc_mlflow.errors import RsscError
 
 Stage = Literal["pretrain", "adapt", "extract", "probe", "finetune"]
-STAGES: tuple[str, ...] = ("pretrain", "adapt", "extract", "probe", "finetune")
+STAGES: tuple[str, ...] = get_args(Stage)  # one list: the Literal's
 TRAINING_STAGES: tuple[str, ...] = ("pretrain", "adapt", "finetune")
 TRANSFER_STAGES: tuple[str, ...] = ("extract", "probe", "finetune")
+# Stages that train on their source and have no target; the others evaluate on a target.
+SOURCE_STAGES: tuple[str, ...] = ("pretrain", "adapt")
+# Stages whose runs fill the paper's tables and figures (extract only feeds probe).
+RESULT_STAGES: tuple[str, ...] = ("pretrain", "adapt", "finetune", "probe")
 PRECISIONS = ("float32", "mixed")
 STRATEGIES = ("auto", "mirrored", "multiworker")
 SOLVERS = ("adam", "lbfgs")
@@ -198,7 +202,7 @@ def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: 
         "upstream": upstream,
     }
     bn_momentum = protocol.get_profile(settings.profile).bn_momentum
-    if bn_momentum is not None and settings.stage in ("pretrain", "adapt", "finetune"):
+    if bn_momentum is not None and settings.stage in TRAINING_STAGES:
         comparable["bn_momentum"] = bn_momentum  # absent for Keras's default: old keys hold
     if settings.schedule_steps != "paper" and settings.stage in TRAINING_STAGES:
         comparable["schedule_steps"] = settings.schedule_steps  # absent for paper: keys hold

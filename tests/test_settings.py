@@ -83,3 +83,14 @@ def test_replicas_count_only_for_training_stages() -> None:
     assert fingerprint(probe, replicas=4) == fingerprint(probe)
     mixed = resolve_settings("probe", source="imagenet", target="ucm", precision="mixed")
     assert fingerprint(mixed) != fingerprint(probe)  # mixed-precision features round otherwise
+
+
+def test_the_stage_lists_are_subsets_of_the_one_stage_literal():
+    from typing import get_args
+
+    from rssc_mlflow import settings as s
+
+    assert s.STAGES == get_args(s.Stage) == ("pretrain", "adapt", "extract", "probe", "finetune")
+    assert set(s.SOURCE_STAGES) < set(s.TRAINING_STAGES) < set(s.STAGES)
+    assert set(s.TRANSFER_STAGES) < set(s.STAGES)
+    assert set(s.RESULT_STAGES) == set(s.STAGES) - {"extract"}

@@ -62,6 +62,13 @@ class DatasetSpec:
     def is_mlrsnet(self) -> bool:
         return self.layout == "mlrsnet"
 
+    @property
+    def family(self) -> str:
+        """The images a key reads: "mlrsnet" for all MLRSNet keys (its single- and multi-label
+        views and subsets are the same images), else the key itself. Keys of one family share
+        one split and are never paired as source and target."""
+        return "mlrsnet" if self.is_mlrsnet else self.key
+
     def expected_layout(self) -> str:
         """A human description of the tree `prepare` expects, for error messages."""
         top = "/".join(p for p in (self.archive_root, self.images_dir) if p)

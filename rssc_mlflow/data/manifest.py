@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rssc_mlflow.files import atomic_write_text
+
 MANIFEST_FILE = "rssc_manifest.json"
 _CHUNK = 1 << 20
 
@@ -94,10 +96,7 @@ class Manifest:
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     path = folder / MANIFEST_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), ensure_ascii=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(manifest.to_json(), ensure_ascii=False))
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -43,6 +43,7 @@ from rssc_mlflow.data.catalog import (
 )
 from rssc_mlflow.data.manifest import FileEntry, Manifest, hash_files, read_manifest, write_manifest
 from rssc_mlflow.errors import DatasetError
+from rssc_mlflow.files import atomic_write_text
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -349,9 +350,7 @@ def prepared_files_manifest(folder: Path) -> Manifest:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=None))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=None))
 
 
 def _remove_stale_staging(root: Path, name: str) -> None:

@@ -15,9 +15,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -30,6 +28,7 @@ import numpy as np
 from rssc_mlflow import config
 from rssc_mlflow.data.catalog import CATALOG
 from rssc_mlflow.errors import SplitError
+from rssc_mlflow.files import atomic_write_text
 from rssc_mlflow.protocol import SEED, TRAIN_FRACTION
 
 Role = Literal["source", "target"]
@@ -81,18 +80,10 @@ class SplitManifest:
         return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
     def save(self, path: Path) -> Path:
-        """Write atomically (temp file in the same folder + os.replace): readers never see half."""
+        """Write atomically (`files.atomic_write_text`): readers never see half a split."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> SplitManifest:
@@ -186,7 +177,7 @@ def _class_key(record: RecordLike) -> str:
 def split_family(dataset: str) -> str:
     """The name that seeds a split: all MLRSNet keys share one, so they share one split."""
     spec = CATALOG.get(dataset)
-    return "mlrsnet" if spec is not None and spec.is_mlrsnet else dataset
+    return spec.family if spec is not None else dataset
 
 
 def _rng(dataset: str, role: str, seed: int, class_key: str) -> np.random.Generator:

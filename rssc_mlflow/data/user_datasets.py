@@ -50,6 +50,7 @@ from rssc_mlflow.data.builders.common import (
 )
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, Task
 from rssc_mlflow.errors import DatasetError
+from rssc_mlflow.files import atomic_write_text
 
 SPEC_FOLDER = "user_datasets"
 FORMAT = 1
@@ -433,10 +434,8 @@ def add(name: str, manual_dir: Path | str, *, task: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     if task == "multi":
         shutil.copyfile(Path(labels_csv).expanduser(), _labels_copy(name))  # type: ignore[arg-type]
-    tmp = spec_path(name).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(dataset.to_json(), ensure_ascii=False, indent=1) + "\n",
-                   encoding="utf-8")
-    tmp.replace(spec_path(name))
+    atomic_write_text(spec_path(name),
+                      json.dumps(dataset.to_json(), ensure_ascii=False, indent=1) + "\n")
     return dataset
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from rssc_mlflow.data.catalog import get_spec
 from rssc_mlflow.results.summarize import PRIOR_METRIC, RunRecord
+from rssc_mlflow.settings import SOURCE_STAGES
 
 MIN_HELD_OUT_ACCURACY = 0.50
 MIN_F1_OVER_PRIOR = 0.15  # multi-label: F1-micro minus the label-prior baseline's
@@ -81,7 +82,7 @@ def demo_checks(records: Sequence[RunRecord], standin_accuracy: float | None,
     checks = [Check("ImageNet stand-in: held-out accuracy", standin_accuracy,
                     MIN_HELD_OUT_ACCURACY)]
     checks += [_pretrained(cells, stage, source) for stage, source, _ in sorted(cells)
-               if stage in ("pretrain", "adapt")]
+               if stage in SOURCE_STAGES]
     scratch = cells.get(("finetune", "scratch", target), {}).get("test_accuracy")
     for stage, source, tgt in sorted(cells):
         if tgt != target or stage not in ("finetune", "probe") or source == "scratch":

@@ -94,8 +94,7 @@ def shares_images(source: str, target: str) -> bool:
     base = source.partition("+")[2] or source
     if base not in CATALOG or target not in CATALOG:
         return False
-    family = lambda key: "mlrsnet" if get_spec(key).is_mlrsnet else key  # noqa: E731
-    return family(base) == family(target)
+    return get_spec(base).family == get_spec(target).family
 
 
 def _numbered(keys: Sequence[str], names: Mapping[str, str] = PAPER_NAMES) -> tuple[Axis, ...]:

@@ -56,15 +56,15 @@ from rssc_mlflow import __version__, protocol
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import findings as findings_lib
 from rssc_mlflow.results.paper import LAYOUTS, CellSpec, Layout
+from rssc_mlflow.settings import RESULT_STAGES, SOURCE_STAGES
 from rssc_mlflow.tracking import predictions as predictions_lib
 from rssc_mlflow.tracking import runs as tracking
 
 MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples", "map")
 SINGLE_LABEL_METRIC = "test_accuracy"
-STAGES = ("pretrain", "adapt", "finetune", "probe")
+STAGES = RESULT_STAGES
 SUMMARY_STAGE = "summarize"
-BANNER = ("SYNTHETIC DATA: these numbers come from synthetic stand-in images and are NOT "
-          "comparable to the paper.")
+BANNER = protocol.SYNTHETIC_BANNER
 PAGE_SIZE = 1000  # runs per search page; the sqlite store answers 1,000 runs in about a second
 QUICK_MARK = "†"
 DEFAULT_SETUP = "float32 x1"  # precision and replica count of the paper's runs
@@ -125,7 +125,7 @@ class RunRecord:
             stage=stage,
             source=tags.get(tracking.TAG_SOURCE, ""),
             # pretrain/adapt have no target; ignore whatever the tag says.
-            target="" if stage in ("pretrain", "adapt") else tags.get(tracking.TAG_TARGET, ""),
+            target="" if stage in SOURCE_STAGES else tags.get(tracking.TAG_TARGET, ""),
             fingerprint=tags.get(tracking.TAG_FINGERPRINT, ""),
             synthetic=tags.get(tracking.TAG_SYNTHETIC, "false").strip().lower() == "true",
             seed=tags.get(tracking.TAG_SEED, ""),

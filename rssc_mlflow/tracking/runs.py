@@ -25,7 +25,7 @@ from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 
-from rssc_mlflow import __version__
+from rssc_mlflow import __version__, protocol
 from rssc_mlflow.errors import Interrupted, RsscError
 from rssc_mlflow.naming import run_name  # noqa: F401 - its home is naming (no MLflow there)
 from rssc_mlflow.settings import TRAINING_STAGES
@@ -63,10 +63,7 @@ TAG_SYNTHETIC_FLAG = "SYNTHETIC"  # "yes" on synthetic runs only
 # Stages whose runs continue from a checkpoint with `rssc STAGE --resume RUN_ID`.
 RESUMABLE_STAGES = TRAINING_STAGES
 
-SYNTHETIC_BANNER = (
-    "SYNTHETIC DATA: this run used synthetic stand-in images; its numbers are NOT comparable "
-    "to the paper."
-)
+SYNTHETIC_BANNER = protocol.SYNTHETIC_BANNER
 SYNTHETIC_WEIGHTS_BANNER = (
     "SYNTHETIC WEIGHTS: this run starts from weights trained on synthetic images (e.g. the "
     "demo's ImageNet stand-in); its numbers are NOT comparable to the paper."

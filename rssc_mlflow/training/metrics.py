@@ -11,15 +11,15 @@ outputs with `np.round` (0.5 rounds to 0.0, half to even), and Keras's `F1Score`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 from sklearn import metrics as skm
 
 from rssc_mlflow import protocol
+from rssc_mlflow.data.catalog import Task
 
-Task = Literal["single", "multi"]
 
 # Above this many classes the confusion matrix is drawn without numbers in the cells (46 MLRSNet
 # categories would make them unreadable) and with smaller tick labels.

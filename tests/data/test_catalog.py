@@ -136,3 +136,11 @@ def test_layouts_of_the_datasets_outside_the_paper():
 def test_expected_layout_describes_the_tree():
     assert "UCMerced_LandUse/Images/<class>/<class>NN.tif" in catalog.get_spec("ucm").expected_layout()
     assert "Labels" in catalog.get_spec("mlrsnet_sl").expected_layout()
+
+
+def test_family_groups_the_mlrsnet_keys_and_only_them():
+    mlrsnet = {k for k, spec in catalog.CATALOG.items() if spec.layout == "mlrsnet"}
+    assert {"mlrsnet_ml", "mlrsnet_sl", "mlrsnet_half", "mlrsnet_ucm_same"} <= mlrsnet
+    assert {catalog.CATALOG[k].family for k in mlrsnet} == {"mlrsnet"}
+    for key in set(catalog.CATALOG) - mlrsnet:
+        assert catalog.CATALOG[key].family == key, key

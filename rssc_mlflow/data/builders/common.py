@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from rssc_mlflow.data.catalog import DatasetSpec
+from rssc_mlflow.data.synth import SYNTHETIC_MARKER
 from rssc_mlflow.errors import DatasetError
 
-SYNTHETIC_MARKER = "RSSC_SYNTHETIC.json"
 # Files and folders that archivers and file browsers add; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", SYNTHETIC_MARKER})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"})
