@@ -70,6 +70,41 @@ def test_preprocess_caffe_equals_keras_resnet50() -> None:
     assert not np.allclose(pipeline.preprocess(tf.constant(image), "imagenet-rgb"), theirs)
 
 
+def _caffe_by_hand(image: np.ndarray) -> np.ndarray:
+    """RGB -> BGR, minus the ImageNet means in BGR order, in float32 (what the package did by
+    hand before it called Keras's preprocess_input)."""
+    means_bgr = np.asarray(IMAGENET_MEANS_RGB, np.float32)[::-1]
+    return image.astype(np.float32)[..., ::-1] - means_bgr
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 6, 9, 3)])
+def test_preprocess_caffe_is_the_hand_computation_eager_and_in_graphs(
+        shape: tuple[int, ...]) -> None:
+    image = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    image.flat[:3] = [0, 255, 17]  # the extremes, and R != B
+    expected = _caffe_by_hand(image)
+    eager = pipeline.preprocess(tf.constant(image), "imagenet-caffe").numpy()
+    assert eager.dtype == np.float32 and eager.shape == shape
+    # Bit for bit the former implementation, and the means to 1e-5 by hand in float64.
+    np.testing.assert_array_equal(eager, expected)
+    means64 = np.array([103.939, 116.779, 123.68])
+    np.testing.assert_allclose(eager, image[..., ::-1].astype(np.float64) - means64,
+                               rtol=0, atol=1e-5)
+    assert eager.flat[0] == np.float32(image.flat[2]) - np.float32(103.939)  # B first
+    graph = tf.function(lambda x: pipeline.preprocess(x, "imagenet-caffe"))(tf.constant(image))
+    np.testing.assert_array_equal(graph.numpy(), expected)
+    mapped = next(iter(tf.data.Dataset.from_tensors(image).map(
+        lambda x: pipeline.preprocess(x, "imagenet-caffe"))))
+    np.testing.assert_array_equal(mapped.numpy(), expected)
+    # Keras's global image_data_format does not move the channel axis.
+    keras.config.set_image_data_format("channels_first")
+    try:
+        np.testing.assert_array_equal(
+            pipeline.preprocess(tf.constant(image), "imagenet-caffe").numpy(), expected)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
 def test_preprocess_unknown_mode_lists_modes() -> None:
     with pytest.raises(ValueError, match="unit, imagenet-rgb, imagenet-caffe"):
         pipeline.preprocess(tf.zeros([1, 1, 3]), "torch")
