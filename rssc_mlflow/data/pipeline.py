@@ -97,11 +97,16 @@ def augment(image: tf.Tensor, crop: int, seed: tf.Tensor) -> tf.Tensor:
 
 
 def center_crop(image: tf.Tensor, crop: int) -> tf.Tensor:
-    """The central crop x crop of an [h, w, c] image, offsets (h - crop) // 2, (w - crop) // 2."""
+    """The central crop x crop of an [h, w, c] image (or an [n, h, w, c] batch), offsets
+    (h - crop) // 2, (w - crop) // 2, dtype kept.
+
+    tf.image.central_crop takes a fraction, not a size, and keras.layers.CenterCrop casts to
+    the layer's compute dtype (and resizes images smaller than the crop): the uint8 cache
+    would become floats.
+    """
     shape = tf.shape(image)
-    top = (shape[0] - crop) // 2
-    left = (shape[1] - crop) // 2
-    return image[top:top + crop, left:left + crop, :]
+    return tf.image.crop_to_bounding_box(
+        image, (shape[-3] - crop) // 2, (shape[-2] - crop) // 2, crop, crop)
 
 
 # --- Datasets --------------------------------------------------------------------------------

@@ -88,14 +88,18 @@ class ResNet50Classifier:
             x = tf.image.resize(tf.convert_to_tensor(batch), [self.resize, self.resize],
                                 method="bilinear", antialias=False)
             x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-            top = left = (self.resize - self.crop) // 2
-            x = tf.cast(x[:, top:top + self.crop, left:left + self.crop, :], tf.float32)
+            offset = (self.resize - self.crop) // 2
+            x = tf.image.crop_to_bounding_box(x, offset, offset, self.crop, self.crop)
+            x = tf.cast(x, tf.float32)
             if self.mode == "unit":
                 return x / 255.0
             if self.mode == "imagenet-rgb":
                 return x - self.means_rgb
             if self.mode == "imagenet-caffe":
-                return x[..., ::-1] - self.means_rgb[::-1]
+                import keras
+
+                return keras.applications.resnet50.preprocess_input(
+                    x, data_format="channels_last")
             raise ValueError(f"rssc model: unknown preprocessing {self.mode!r} in {CONFIG_FILE}.")
 
         parts = [one_size(batch).numpy() for batch in self._batches(images)]

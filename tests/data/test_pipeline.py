@@ -145,12 +145,30 @@ def test_resize_follows_resize_for_crop() -> None:
         np.testing.assert_allclose(x[i], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape,crop", [((18, 18, 3), 16), ((19, 25, 3), 16), ((7, 7, 3), 4)])
+@pytest.mark.parametrize("shape,crop", [((18, 18, 3), 16), ((19, 25, 3), 16), ((7, 7, 3), 4),
+                                        ((8, 9, 3), 3), ((9, 8, 1), 4), ((5, 5, 3), 5)])
 def test_center_crop_is_the_numpy_slice(shape: tuple[int, int, int], crop: int) -> None:
     image = np.arange(np.prod(shape)).reshape(shape)
     top, left = (shape[0] - crop) // 2, (shape[1] - crop) // 2
     np.testing.assert_array_equal(pipeline.center_crop(tf.constant(image), crop).numpy(),
                                   image[top:top + crop, left:left + crop])
+
+
+def test_center_crop_keeps_uint8_batches_and_unknown_shapes() -> None:
+    images = np.random.default_rng(6).integers(0, 256, (2, 11, 14, 3), dtype=np.uint8)
+    expected = images[:, 3:8, 4:9]  # offsets (11 - 5) // 2 and (14 - 5) // 2
+    batch = pipeline.center_crop(tf.constant(images), 5)
+    assert batch.dtype == tf.uint8
+    np.testing.assert_array_equal(batch.numpy(), expected)
+    # Inside a graph whose image sizes are unknown until run time, as in the tf.data map.
+    traced = tf.function(lambda x: pipeline.center_crop(x, 5),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    for image, want in zip(images, expected):
+        out = traced(tf.constant(image))
+        assert out.dtype == tf.uint8 and out.shape == (5, 5, 3)
+        np.testing.assert_array_equal(out.numpy(), want)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+        pipeline.center_crop(tf.constant(images[0]), 12)  # larger than the image: no silent cut
 
 
 def _dihedral(image: np.ndarray) -> list[np.ndarray]:
