@@ -377,6 +377,11 @@ def load_backbone_weights(model_or_backbone: keras.Model, path: str | Path) -> N
     models, whose other layers are ignored) and Keras 3 `.weights.h5` files of a
     `ResNet50(include_top=False)`. Any input size works: conv weights do not depend on it.
     Every ResNet-50 layer must get its weights, else ModelError (no silent partial load).
+
+    The `.h5` files are read here, not by `model.load_weights(path, by_name=True)`: Keras's
+    by-name loader sets the same arrays from a complete file but silently skips a layer the
+    file lacks, leaving it at its random init, and matches a layer's weights by position,
+    not by name.
     """
     path = Path(path)
     if not path.is_file():
