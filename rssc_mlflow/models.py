@@ -21,19 +21,17 @@ Models made elsewhere are accepted when their ResNet-50 layers carry Keras's nam
 from __future__ import annotations
 
 import functools
-import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 
-from rssc_mlflow import protocol
+from rssc_mlflow import model_safety, protocol
 from rssc_mlflow.data import pipeline
 from rssc_mlflow.data.catalog import Task
 from rssc_mlflow.errors import ModelError
@@ -53,8 +51,6 @@ IMAGENET_WEIGHTS_ENV = "RSSC_IMAGENET_WEIGHTS"
 # Which input preprocessing a model expects follows from where its weights started.
 DEFAULT_PREPROCESSING: dict[str, str] = {"imagenet": "imagenet-rgb", "scratch": "unit"}
 
-# Keras's own model containers; anything else that holds layers is not ours to trust.
-_CONTAINER_CLASSES = {"Functional", "Model", "Sequential"}
 # The conv layer every Keras ResNet-50 starts with: used to find the backbone inside a model.
 _FIRST_CONV = "conv1_conv"
 # ResNet50 refuses inputs under 32 px; weights do not depend on the input size, so reference
@@ -121,7 +117,7 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> None:
     """Set the moving-average momentum of every BatchNormalization layer, before tracing."""
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"BatchNorm momentum must be in [0, 1), got {momentum!r}.")
-    for layer in _walk_layers(model):
+    for layer in model_safety.walk(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = float(momentum)
 
@@ -377,6 +373,11 @@ def load_backbone_weights(model_or_backbone: keras.Model, path: str | Path) -> N
     models, whose other layers are ignored) and Keras 3 `.weights.h5` files of a
     `ResNet50(include_top=False)`. Any input size works: conv weights do not depend on it.
     Every ResNet-50 layer must get its weights, else ModelError (no silent partial load).
+
+    The `.h5` files are read here, not by `model.load_weights(path, by_name=True)`: Keras's
+    by-name loader sets the same arrays from a complete file but silently skips a layer the
+    file lacks, leaving it at its random init, and matches a layer's weights by position,
+    not by name.
     """
     path = Path(path)
     if not path.is_file():
@@ -455,53 +456,6 @@ def save_notop_weights(model_or_backbone: keras.Model, path: str | Path) -> Path
 # --- Loading whole models --------------------------------------------------------------------
 
 
-def _layer_configs(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every layer config inside a model config, descending into nested models."""
-    for layer in config.get("config", {}).get("layers", []):
-        yield layer
-        if layer.get("class_name") in _CONTAINER_CLASSES:
-            yield from _layer_configs(layer)
-
-
-def _refuse_unsafe(config: dict[str, Any], path: Path) -> None:
-    """ModelError naming the first Lambda or non-Keras layer (they run arbitrary code)."""
-    for layer in _layer_configs(config):
-        class_name = str(layer.get("class_name"))
-        name = layer.get("config", {}).get("name", layer.get("name", "?"))
-        module = layer.get("module")
-        if class_name in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
-            raise ModelError(
-                f"{path} contains a {class_name} layer {name!r}, which runs arbitrary code and is "
-                "refused. Rebuild the model without it (do input preprocessing in the data "
-                "pipeline) and save it again."
-            )
-        known = class_name in _CONTAINER_CLASSES or hasattr(keras.layers, class_name)
-        if not known or (module is not None and not str(module).startswith("keras")):
-            raise ModelError(
-                f"{path} contains layer {name!r} of unknown class {class_name!r}"
-                f"{f' from {module}' if module else ''}; only built-in Keras layers are loaded. "
-                "Rebuild the model with Keras layers only and save it again."
-            )
-
-
-def _keras_config(path: Path) -> dict[str, Any]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is not a valid .keras archive ({exc}). Save it again.") from exc
-
-
-def _load_full(path: Path) -> keras.Model:
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises ValueError, TypeError, OSError... for bad files
-        raise ModelError(f"Could not load the model in {path}: {exc}") from exc
-    if not isinstance(model, keras.Model):
-        raise ModelError(f"{path} does not hold a Keras model.")
-    return model
-
-
 def _weights_only(path: Path, crop: int) -> keras.Model:
     backbone = backbone_of(_resnet50_notop(crop))
     load_backbone_weights(backbone, path)
@@ -511,51 +465,34 @@ def _weights_only(path: Path, crop: int) -> keras.Model:
 def load_model_file(path: str | Path, *, crop: int = protocol.PAPER_CROP) -> keras.Model:
     """Load a model file safely and check that it holds a Keras ResNet-50.
 
-    - `.keras`: the whole model (`safe_mode=True`, `compile=False`).
-    - `.h5`/`.hdf5` with a model config: the whole legacy model, same safety.
+    - `.keras`: the whole model, through `model_safety.load_model` (its config scanned for
+      Lambda and non-Keras layers before anything is deserialised, then `safe_mode=True`,
+      then the built model scanned again; ModelError naming the layer), uncompiled.
+    - `.h5`/`.hdf5` with a model config: the whole legacy model, the same way.
     - `.h5` without one, or `.weights.h5`: a notop weight file, returned as a backbone
-      (ResNet-50 + "avg_pool", 2048-d output) at input size `crop`.
+      (ResNet-50 + "avg_pool", 2048-d output) at input size `crop`; only arrays are read.
 
-    Lambda and non-Keras layers are refused before anything is deserialised (ModelError naming
-    the layer); then `check_resnet50` runs.
+    Then `check_resnet50` runs.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"Model file {path} does not exist. Check the path.")
-    if path.suffix == ".keras":
-        _refuse_unsafe(_keras_config(path), path)
-        model = _load_full(path)
-    elif path.name.endswith(".weights.h5"):
+    if path.name.endswith(".weights.h5"):
         model = _weights_only(path, crop)
-    elif path.suffix in (".h5", ".hdf5"):
+    elif path.suffix in (".keras", ".h5", ".hdf5"):
         try:
-            with h5py.File(path, "r") as f:
-                raw = f.attrs.get("model_config")
-        except OSError as exc:
-            raise ModelError(f"{path} is not a readable HDF5 file: {exc}.") from exc
-        if raw is None:
-            model = _weights_only(path, crop)
-        else:
-            _refuse_unsafe(json.loads(raw.decode("utf8") if isinstance(raw, bytes) else raw), path)
-            model = _load_full(path)
+            config = model_safety.read_config(path)
+            model = (_weights_only(path, crop) if config is None
+                     else model_safety.load_model(path, config))
+        except model_safety.ModelFileError as exc:
+            raise ModelError(str(exc)) from exc
     else:
         raise ModelError(
             f"{path}: unsupported model file type {path.suffix!r}. Save models as .keras (or "
             "legacy .h5), or backbone weights as .h5/.weights.h5."
         )
-    # Defence in depth: safe mode refuses Lambda deserialisation, but check what was built too.
-    for layer in _walk_layers(model):
-        if isinstance(layer, keras.layers.Lambda):
-            raise ModelError(f"{path} contains a Lambda layer {layer.name!r}; refused.")
     check_resnet50(model)
     return model
-
-
-def _walk_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _walk_layers(layer)
 
 
 # --- Preprocessing lineage ---------------------------------------------------------------------

@@ -212,6 +212,50 @@ def test_load_backbone_weights_refuses_partial_file(tmp_path: Path) -> None:
         models.load_backbone_weights(model, path)
 
 
+def _layer_arrays(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [keras.ops.convert_to_numpy(w) for w in layer.weights]
+            for layer in model.layers if layer.weights}
+
+
+def test_legacy_h5_loader_equals_keras_by_name_which_skips_missing_layers(
+        classifier: keras.Model, tmp_path: Path) -> None:
+    """Why load_backbone_weights reads .h5 files itself: on complete files Keras's by-name
+    loader gives the same arrays, but a layer missing from the file is silently left as it
+    was, where ours refuses the file."""
+    import h5py
+
+    path = models.save_notop_weights(classifier, tmp_path / models.IMAGENET_WEIGHTS_FILE)
+    saved = _layer_arrays(classifier.get_layer("resnet50"))
+    ours = models.build_classifier(3, "multi", crop=CROP)  # a head, a fresh init
+    models.load_backbone_weights(ours, path)
+    theirs = models.build_classifier(3, "multi", crop=CROP)
+    theirs.get_layer("resnet50").load_weights(path, by_name=True)
+    ours_arrays = _layer_arrays(ours.get_layer("resnet50"))
+    theirs_arrays = _layer_arrays(theirs.get_layer("resnet50"))
+    assert ours_arrays.keys() == saved.keys() == theirs_arrays.keys() and len(saved) > 100
+    for name, arrays in saved.items():
+        assert len(ours_arrays[name]) == len(arrays) == len(theirs_arrays[name]), name
+        for mine, keras_one, want in zip(ours_arrays[name], theirs_arrays[name], arrays):
+            np.testing.assert_array_equal(mine, want, err_msg=name)
+            np.testing.assert_array_equal(keras_one, want, err_msg=name)
+
+    # The same file without one BatchNorm layer's weights.
+    missing = "conv5_block3_3_bn"
+    with h5py.File(path, "a") as f:
+        del f[missing]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["layer_names"]]
+        f.attrs["layer_names"] = [n.encode() for n in names if n != missing]
+    fresh = models.build_classifier(3, "multi", crop=CROP)
+    before = _layer_arrays(fresh.get_layer("resnet50"))[missing]
+    fresh.get_layer("resnet50").load_weights(path, by_name=True)  # no error from Keras
+    after = _layer_arrays(fresh.get_layer("resnet50"))
+    for kept, init in zip(after[missing], before):
+        np.testing.assert_array_equal(kept, init)  # still the random init
+    np.testing.assert_array_equal(after["conv1_conv"][0], saved["conv1_conv"][0])
+    with pytest.raises(ModelError, match=f"no weights for layer '{missing}'"):
+        models.load_backbone_weights(models.build_classifier(3, "multi", crop=CROP), path)
+
+
 def test_preprocessing_for() -> None:
     assert models.preprocessing_for("imagenet", None) == "imagenet-rgb"
     assert models.preprocessing_for("imagenet", "imagenet-caffe") == "imagenet-caffe"

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import keras
 import tensorflow as tf
 
 from rssc_mlflow import config
@@ -51,16 +52,18 @@ def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
     """uint8 or float images [..., 3] (RGB) -> float32 network input for `mode`.
 
     unit: x / 255. imagenet-rgb: x minus the ImageNet means in RGB order (the authors' code).
-    imagenet-caffe: Keras's resnet50.preprocess_input: RGB -> BGR, then minus the BGR means.
+    imagenet-caffe: Keras's resnet50.preprocess_input itself: RGB -> BGR, then minus the BGR
+    means. Keras has no mode for the other two ("tf" maps to [-1, 1], "torch" divides by
+    the standard deviations).
     """
     check_preprocessing(mode)
     x = tf.cast(images, tf.float32)
     if mode == "unit":
         return x / 255.0
-    means = tf.constant(IMAGENET_MEANS_RGB, dtype=tf.float32)
     if mode == "imagenet-rgb":
-        return x - means
-    return x[..., ::-1] - means[::-1]  # imagenet-caffe
+        return x - tf.constant(IMAGENET_MEANS_RGB, dtype=tf.float32)
+    # data_format given: the global image_data_format setting must not flip the channel axis.
+    return keras.applications.resnet50.preprocess_input(x, data_format="channels_last")
 
 
 def decode_and_resize(encoded: tf.Tensor, resize: int) -> tf.Tensor:
@@ -94,11 +97,16 @@ def augment(image: tf.Tensor, crop: int, seed: tf.Tensor) -> tf.Tensor:
 
 
 def center_crop(image: tf.Tensor, crop: int) -> tf.Tensor:
-    """The central crop x crop of an [h, w, c] image, offsets (h - crop) // 2, (w - crop) // 2."""
+    """The central crop x crop of an [h, w, c] image (or an [n, h, w, c] batch), offsets
+    (h - crop) // 2, (w - crop) // 2, dtype kept.
+
+    tf.image.central_crop takes a fraction, not a size, and keras.layers.CenterCrop casts to
+    the layer's compute dtype (and resizes images smaller than the crop): the uint8 cache
+    would become floats.
+    """
     shape = tf.shape(image)
-    top = (shape[0] - crop) // 2
-    left = (shape[1] - crop) // 2
-    return image[top:top + crop, left:left + crop, :]
+    return tf.image.crop_to_bounding_box(
+        image, (shape[-3] - crop) // 2, (shape[-2] - crop) // 2, crop, crop)
 
 
 # --- Datasets --------------------------------------------------------------------------------

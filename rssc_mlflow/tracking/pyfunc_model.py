@@ -4,7 +4,8 @@
   and for rssc itself (transfer runs, `rssc weights download`). Its input is float32
   (n, crop, crop, 3), already preprocessed with the lineage's mode.
 - `python_function`: `mlflow.pyfunc.load_model` loads it through `code/rssc_resnet50_pyfunc.py`
-  (a copy of `resnet50_pyfunc.py`, which imports nothing of rssc) with `data/rssc_model.json`:
+  (a copy of `resnet50_pyfunc.py`, which imports nothing of rssc, next to a copy of
+  `model_safety.py`, `code/rssc_model_safety.py`) with `data/rssc_model.json`:
   decoded uint8 RGB images of any size in, a DataFrame naming the classes out. The resize, the
   central crop and the preprocessing happen inside.
 
@@ -24,12 +25,21 @@ import numpy as np
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.types.schema import Schema, TensorSpec
 
-from rssc_mlflow import protocol
+from rssc_mlflow import model_safety, protocol
 from rssc_mlflow.tracking import resnet50_pyfunc
 
 LOADER_SOURCE = Path(resnet50_pyfunc.__file__)
 LOADER_MODULE = "rssc_resnet50_pyfunc"  # its name inside the model's code/ folder
+SAFETY_SOURCE = Path(model_safety.__file__)  # what the loader loads the Keras model with
 PREDICT_BATCH = 32
+
+
+def copy_code(code: Path) -> None:
+    """The model's code/ folder: the pyfunc loader and the safety check it imports, as
+    top-level modules, so that they run where rssc is not installed."""
+    code.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(LOADER_SOURCE, code / f"{LOADER_MODULE}.py")
+    shutil.copyfile(SAFETY_SOURCE, code / f"{resnet50_pyfunc.SAFETY_MODULE}.py")
 
 
 def model_config(*, classes: list[str], task: str, crop: int, preprocessing: str,
@@ -69,8 +79,7 @@ def save_model(path: str, mlflow_model: Model | None = None, *, keras_model: Any
                             input_example=input_example, pip_requirements=pip_requirements)
     folder = Path(path)
     (folder / "data" / resnet50_pyfunc.CONFIG_FILE).write_text(json.dumps(config, indent=1))
-    (folder / "code").mkdir(exist_ok=True)
-    shutil.copyfile(LOADER_SOURCE, folder / "code" / f"{LOADER_MODULE}.py")
+    copy_code(folder / "code")
     # Replaces the python_function flavor mlflow.keras wrote (which takes preprocessed floats).
     add_to_model(mlflow_model, loader_module=LOADER_MODULE, data="data", code="code",
                  conda_env=_CONDA_ENV_FILE_NAME, python_env=_PYTHON_ENV_FILE_NAME)

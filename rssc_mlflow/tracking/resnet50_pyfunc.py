@@ -9,11 +9,14 @@ Inside, an image goes through what the run's evaluation did (rssc_mlflow.data.pi
 bilinear resize to `resize` x `resize` without antialiasing, rounded to uint8; the central
 `crop` x `crop`; the input mode of the model's lineage (`unit`: x / 255; `imagenet-rgb`: minus
 the ImageNet means in RGB order; `imagenet-caffe`: RGB -> BGR, minus the means in BGR order);
-then the Keras model, loaded in safe mode. The values come from the model's `rssc_model.json`.
+then the Keras model, loaded through rssc's layered safety check (`rssc_mlflow/model_safety.py`,
+copied next to this file as `rssc_model_safety`). The values come from the model's
+`rssc_model.json`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import numpy as np
 
 CONFIG_FILE = "rssc_model.json"
 KERAS_FILE = "model.keras"
+SAFETY_MODULE = "rssc_model_safety"  # rssc_mlflow/model_safety.py, copied next to this file
 
 
 def _load_pyfunc(data_path: str) -> "ResNet50Classifier":
@@ -45,11 +49,14 @@ class ResNet50Classifier:
 
     @classmethod
     def load(cls, folder: Path) -> "ResNet50Classifier":
-        import keras
-
+        """The model in `folder` (a logged model's data/), through rssc's layered safety
+        check (`model_safety.load_model`; ValueError naming a refused layer)."""
+        if __package__:  # imported from the rssc package
+            from rssc_mlflow import model_safety
+        else:  # inside a logged model: the copy next to this file, in its code/ folder
+            model_safety = importlib.import_module(SAFETY_MODULE)
         config = json.loads((folder / CONFIG_FILE).read_text())
-        model = keras.saving.load_model(folder / KERAS_FILE, safe_mode=True, compile=False)
-        return cls(model, config)
+        return cls(model_safety.load_model(folder / KERAS_FILE), config)
 
     def get_raw_model(self) -> "ResNet50Classifier":
         """What `mlflow.pyfunc.load_model(...).get_raw_model()` gives: this object, whose
@@ -88,14 +95,18 @@ class ResNet50Classifier:
             x = tf.image.resize(tf.convert_to_tensor(batch), [self.resize, self.resize],
                                 method="bilinear", antialias=False)
             x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-            top = left = (self.resize - self.crop) // 2
-            x = tf.cast(x[:, top:top + self.crop, left:left + self.crop, :], tf.float32)
+            offset = (self.resize - self.crop) // 2
+            x = tf.image.crop_to_bounding_box(x, offset, offset, self.crop, self.crop)
+            x = tf.cast(x, tf.float32)
             if self.mode == "unit":
                 return x / 255.0
             if self.mode == "imagenet-rgb":
                 return x - self.means_rgb
             if self.mode == "imagenet-caffe":
-                return x[..., ::-1] - self.means_rgb[::-1]
+                import keras
+
+                return keras.applications.resnet50.preprocess_input(
+                    x, data_format="channels_last")
             raise ValueError(f"rssc model: unknown preprocessing {self.mode!r} in {CONFIG_FILE}.")
 
         parts = [one_size(batch).numpy() for batch in self._batches(images)]

@@ -70,6 +70,41 @@ def test_preprocess_caffe_equals_keras_resnet50() -> None:
     assert not np.allclose(pipeline.preprocess(tf.constant(image), "imagenet-rgb"), theirs)
 
 
+def _caffe_by_hand(image: np.ndarray) -> np.ndarray:
+    """RGB -> BGR, minus the ImageNet means in BGR order, in float32 (what the package did by
+    hand before it called Keras's preprocess_input)."""
+    means_bgr = np.asarray(IMAGENET_MEANS_RGB, np.float32)[::-1]
+    return image.astype(np.float32)[..., ::-1] - means_bgr
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 6, 9, 3)])
+def test_preprocess_caffe_is_the_hand_computation_eager_and_in_graphs(
+        shape: tuple[int, ...]) -> None:
+    image = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    image.flat[:3] = [0, 255, 17]  # the extremes, and R != B
+    expected = _caffe_by_hand(image)
+    eager = pipeline.preprocess(tf.constant(image), "imagenet-caffe").numpy()
+    assert eager.dtype == np.float32 and eager.shape == shape
+    # Bit for bit the former implementation, and the means to 1e-5 by hand in float64.
+    np.testing.assert_array_equal(eager, expected)
+    means64 = np.array([103.939, 116.779, 123.68])
+    np.testing.assert_allclose(eager, image[..., ::-1].astype(np.float64) - means64,
+                               rtol=0, atol=1e-5)
+    assert eager.flat[0] == np.float32(image.flat[2]) - np.float32(103.939)  # B first
+    graph = tf.function(lambda x: pipeline.preprocess(x, "imagenet-caffe"))(tf.constant(image))
+    np.testing.assert_array_equal(graph.numpy(), expected)
+    mapped = next(iter(tf.data.Dataset.from_tensors(image).map(
+        lambda x: pipeline.preprocess(x, "imagenet-caffe"))))
+    np.testing.assert_array_equal(mapped.numpy(), expected)
+    # Keras's global image_data_format does not move the channel axis.
+    keras.config.set_image_data_format("channels_first")
+    try:
+        np.testing.assert_array_equal(
+            pipeline.preprocess(tf.constant(image), "imagenet-caffe").numpy(), expected)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
 def test_preprocess_unknown_mode_lists_modes() -> None:
     with pytest.raises(ValueError, match="unit, imagenet-rgb, imagenet-caffe"):
         pipeline.preprocess(tf.zeros([1, 1, 3]), "torch")
@@ -110,12 +145,30 @@ def test_resize_follows_resize_for_crop() -> None:
         np.testing.assert_allclose(x[i], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape,crop", [((18, 18, 3), 16), ((19, 25, 3), 16), ((7, 7, 3), 4)])
+@pytest.mark.parametrize("shape,crop", [((18, 18, 3), 16), ((19, 25, 3), 16), ((7, 7, 3), 4),
+                                        ((8, 9, 3), 3), ((9, 8, 1), 4), ((5, 5, 3), 5)])
 def test_center_crop_is_the_numpy_slice(shape: tuple[int, int, int], crop: int) -> None:
     image = np.arange(np.prod(shape)).reshape(shape)
     top, left = (shape[0] - crop) // 2, (shape[1] - crop) // 2
     np.testing.assert_array_equal(pipeline.center_crop(tf.constant(image), crop).numpy(),
                                   image[top:top + crop, left:left + crop])
+
+
+def test_center_crop_keeps_uint8_batches_and_unknown_shapes() -> None:
+    images = np.random.default_rng(6).integers(0, 256, (2, 11, 14, 3), dtype=np.uint8)
+    expected = images[:, 3:8, 4:9]  # offsets (11 - 5) // 2 and (14 - 5) // 2
+    batch = pipeline.center_crop(tf.constant(images), 5)
+    assert batch.dtype == tf.uint8
+    np.testing.assert_array_equal(batch.numpy(), expected)
+    # Inside a graph whose image sizes are unknown until run time, as in the tf.data map.
+    traced = tf.function(lambda x: pipeline.center_crop(x, 5),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    for image, want in zip(images, expected):
+        out = traced(tf.constant(image))
+        assert out.dtype == tf.uint8 and out.shape == (5, 5, 3)
+        np.testing.assert_array_equal(out.numpy(), want)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+        pipeline.center_crop(tf.constant(images[0]), 12)  # larger than the image: no silent cut
 
 
 def _dihedral(image: np.ndarray) -> list[np.ndarray]:
