@@ -568,7 +568,7 @@ def server(
                          artifacts_destination=artifacts_destination, auth=auth)
     typer.echo(f"starting: {' '.join(cmd)}\nclients: export MLFLOW_TRACKING_URI=http://{host}:{port}")
     # MLflow 3's job runner (huey consumers, for GenAI evaluation jobs) is not used by rssc:
-    # off unless asked for, 7 fewer processes and ~1.5 GB less memory.
+    # off unless asked for, so the server starts fewer processes and holds less memory.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execvp(cmd[0], cmd)
 

@@ -57,13 +57,13 @@ class Profile:
     crop: int
     probe_epochs: int
     warmup_epochs: int = WARMUP_EPOCHS
-    # Tracing ResNet-50 into a graph costs ~30-60 s on a CPU, more than a few eager steps.
+    # Tracing ResNet-50 into a graph costs more on a CPU than a few eager steps.
     run_eagerly: bool = False
     # Evaluate the held-out split after every epoch, as the authors did (reported, never used
     # for selection). Off in `demo`: the final evaluation after the last epoch is the result.
     validate_every_epoch: bool = True
     # Back up weights and optimizer state after every epoch so `--resume` can continue a run
-    # (~1.5 s per epoch for ResNet-50 on a CPU). Off in `demo`, whose runs last seconds.
+    # (a full weight write per epoch). Off in `demo`, whose runs last seconds.
     checkpoint_every_epoch: bool = True
     # BatchNormalization's moving-average momentum; None keeps Keras's 0.99 (the authors'). Runs
     # of a few hundred steps need a shorter memory: with 0.99 the moving statistics still

@@ -50,7 +50,8 @@ KERAS_IMAGENET_URI = "keras.applications.ResNet50(weights='imagenet')"
 
 _DOWNLOAD_COMPLETE = "RSSC_DOWNLOADED"  # written last into a cached model download
 
-# Requirements written next to each logged model; inferring them costs ~13 s per model.
+# Requirements written next to each logged model; MLflow's inference of them imports and
+# inspects the environment again for every model logged.
 PIP_REQUIREMENTS = [f"keras=={__import__('keras').__version__}",
                     f"tensorflow=={__import__('tensorflow').__version__}"]
 

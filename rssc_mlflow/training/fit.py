@@ -118,7 +118,7 @@ def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | No
         *extra_callbacks,
     ]
     first_epoch = 0
-    if checkpoint_dir is not None:  # None: no per-epoch backup (~1.5 s each for ResNet-50)
+    if checkpoint_dir is not None:  # None: no per-epoch backup (each costs a full weight write)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # double_checkpoint: a kill while the weights are written falls back to the previous
         # epoch's backup instead of failing to load a truncated file.

@@ -196,7 +196,7 @@ def confusion_matrix_png(
         text.set_text(str(cm[i, j]) if cm[i, j] else "")
         text.set_color("white" if norm[i, j] > 0.5 else "black")
     # Fixed margins sized for the longest class name: `tight_layout` would measure every tick
-    # label (~1 s per figure at 45 classes, paid by every run).
+    # label, a cost every run would pay for every figure.
     fontsize_in = fontsize / 72
     margin = 0.6 * fontsize_in * max(len(str(c)) for c in class_names) + 0.6
     heading = [line for line in (title, SYNTHETIC_MARK if synthetic else "") if line]
