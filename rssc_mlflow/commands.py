@@ -32,7 +32,8 @@ from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
 from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.protocol import PROBE_LR, Profile, get_profile
-from rssc_mlflow.settings import SOURCE_STAGES, RunSettings, protocol_fingerprint, resolve_settings
+from rssc_mlflow.settings import (
+    SOURCE_STAGES, TRAINING_STAGES, RunSettings, protocol_fingerprint, resolve_settings)
 from rssc_mlflow.tracking import predictions, recovery, registry, runs
 from rssc_mlflow.tracking.recovery import REPLICAS_PARAM
 from rssc_mlflow.training import fit as fit_lib
@@ -538,7 +539,6 @@ def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray
     return final, name, version
 
 
-TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
 can_resume = recovery.can_resume  # for `reproduce`, which imports commands already
 
 
