@@ -46,11 +46,12 @@ from typing import Any
 
 from rssc_mlflow import __version__, config
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, Item, class_plan, few, is_junk, is_synthetic, relpath, walk_images,
+    BuildPlan, Item, class_plan, is_junk, is_synthetic, relpath, walk_images,
 )
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, Task
 from rssc_mlflow.errors import DatasetError
 from rssc_mlflow.files import atomic_write_text, hash_file
+from rssc_mlflow.naming import few
 
 SPEC_FOLDER = "user_datasets"
 FORMAT = 1
