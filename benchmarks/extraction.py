@@ -42,7 +42,7 @@ def _backbone(classes: int, crop: int, batch: int) -> tuple[Any, str]:
         weights = "ImageNet"
     except ModelError:
         weights = "random-init"
-    # As `model_pool.feature_extractor` gives it to `extract`: uint8 in, preprocessing inside.
+    # As `speed.feature_extractor` gives it to `extract`: uint8 in, preprocessing inside.
     return models.with_preprocessing(models.backbone_of(classifier), PREPROCESSING), weights
 
 

@@ -21,6 +21,7 @@ import typer
 
 from rssc_mlflow import _quiet, protocol
 from rssc_mlflow.errors import Interrupted, RsscError
+from rssc_mlflow.naming import few
 
 # Before anything imports TensorFlow (the commands import it when they run). RSSC_VERBOSE=1 or
 # a TF_CPP_MIN_LOG_LEVEL of the user's keeps TensorFlow's, absl's and oneDNN's notices.
@@ -187,7 +188,7 @@ def prepare(
     for note in filter(None, [out.get("count_note")]):
         typer.echo(f"note: {note}")
     if out["skipped"]:
-        typer.echo(f"skipped {len(out['skipped'])} corrupt images: {', '.join(out['skipped'][:5])}")
+        typer.echo(f"skipped {len(out['skipped'])} corrupt images: {few(out['skipped'], 5, show=str)}")
     if out.get("anomalies"):
         typer.echo(f"label anomalies: {json.dumps(out['anomalies'], default=str)[:400]}")
 

@@ -32,12 +32,13 @@ from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, get_spec
 from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.protocol import PROBE_LR, Profile, get_profile
-from rssc_mlflow.settings import SOURCE_STAGES, RunSettings, protocol_fingerprint, resolve_settings
+from rssc_mlflow.settings import (
+    SOURCE_STAGES, TRAINING_STAGES, RunSettings, protocol_fingerprint, resolve_settings)
 from rssc_mlflow.tracking import predictions, recovery, registry, runs
 from rssc_mlflow.tracking.recovery import REPLICAS_PARAM
 from rssc_mlflow.training import fit as fit_lib
 from rssc_mlflow.training import metrics as metrics_lib
-from rssc_mlflow.training import model_pool, progress, transfer
+from rssc_mlflow.training import progress, speed, transfer
 from rssc_mlflow.training.schedule import make_schedule, peak_lr_for
 
 FEATURES_ARTIFACT = "features/features.npz"
@@ -440,7 +441,7 @@ def _start_training_run(job: _Training, run_id: str, hold: contextlib.ExitStack,
     hold.enter_context(recovery.note_on_interrupt(settings.stage, run_id, checkpoint_dir,
                                                   settings.epochs, kept=job.backups))
     mlflow.set_tag("rssc.dtype_policy", job.policy)
-    model_pool.set_random_seed(settings.seed)
+    speed.set_random_seed(settings.seed)
     if config.op_determinism():
         models.enable_op_determinism()
         mlflow.set_tag("rssc.op_determinism", "true")
@@ -470,7 +471,7 @@ def _build_trainer(job: _Training):  # -> keras.Model
     distribution strategy's scope."""
     settings, spec = job.settings, job.data.spec
     with job.strategy.scope():
-        return model_pool.acquire(spec.num_classes, spec.task, crop=settings.image_size,
+        return speed.acquire(spec.num_classes, spec.task, crop=settings.image_size,
                                   source=job.source, seed=settings.seed,
                                   run_eagerly=job.profile.run_eagerly,
                                   preprocessing=job.source.preprocessing,
@@ -538,7 +539,6 @@ def _log_results(model, y_true: np.ndarray, probs: np.ndarray, files: np.ndarray
     return final, name, version
 
 
-TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
 can_resume = recovery.can_resume  # for `reproduce`, which imports commands already
 
 
@@ -610,14 +610,14 @@ def train_without_run(settings: RunSettings, *, preprocessing: str, cache_name: 
     data = _load_data(settings.source, "source", settings)
     profile = get_profile(settings.profile)
     models.set_precision("float32")
-    model_pool.set_random_seed(settings.seed)
+    speed.set_random_seed(settings.seed)
     cache_root = config.cache_dir() / "runs" / cache_name
     train, test_ds = _datasets(data, settings, cache_root=cache_root)  # uint8
     steps = -(-len(data.split.train) // settings.batch_size)
     synthetic = "synthetic " if data.prepared.synthetic else ""
     progress(f"  training ResNet-50 from scratch on the {synthetic}{settings.source}: "
              f"{len(data.split.train)} images, {settings.epochs} epochs, seed {settings.seed}")
-    model = model_pool.acquire(
+    model = speed.acquire(
         data.spec.num_classes, data.spec.task, crop=settings.image_size,
         source=registry.resolve_source("scratch", profile=settings.profile), seed=settings.seed,
         run_eagerly=profile.run_eagerly, preprocessing=preprocessing,
@@ -678,7 +678,7 @@ def _features(settings: RunSettings, data: _Data, source: registry.ResolvedSourc
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     models.set_precision(settings.precision)
-    backbone = model_pool.feature_extractor(crop=settings.image_size, source=source,
+    backbone = speed.feature_extractor(crop=settings.image_size, source=source,
                                             num_classes=data.spec.num_classes, task=data.spec.task,
                                             preprocessing=preprocessing)
     train_ds, test_ds = _feature_datasets(data, settings)

@@ -21,8 +21,9 @@ How long it takes, and on what: docs/PERFORMANCE.md, "The demo".
 
 Speed: tracing a new ResNet-50 train step costs more on a CPU than a demo run trains, so the
 runs go to long-lived worker processes (`reproduce(reuse_models=True)`, one per core, two at
-most: each holds its compiled models) with `model_pool` on: each worker traces each ResNet-50
-variant (number of classes x task) once for the whole grid. Re-running is cheap:
+most: each holds its compiled models) with the model pool (`training.speed`) on: each worker
+traces each ResNet-50 variant (number of classes x task) once for the whole grid. Re-running
+is cheap:
 the synthetic trees, prepared datasets and the stand-in are reused when they match, and
 `reproduce` skips every run already FINISHED in the store.
 """
@@ -340,9 +341,9 @@ def run_demo(out: Path = Path("demo_out"), images_per_class: int = DEFAULT_IMAGE
         from rssc_mlflow.results.reproduce import reproduce
         from rssc_mlflow.results.summarize import summarize
         from rssc_mlflow.tracking import runs
-        from rssc_mlflow.training import model_pool
+        from rssc_mlflow.training import speed
 
-        with model_pool.enabled():
+        with speed.enabled():
             done = phase(4, "ImageNet stand-in (Keras's ImageNet weights are not downloaded)")
             weights = _imagenet_standin(out / "imagenet_standin", progress)
             done()

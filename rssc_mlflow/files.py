@@ -1,10 +1,14 @@
-"""Writing files so that a reader, or a run killed mid-write, never sees half of one."""
+"""Files: writing one so that a reader, or a run killed mid-write, never sees half of it, and
+hashing one."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+_CHUNK = 1 << 20
 
 
 def atomic_write_text(path: Path, text: str, *, encoding: str = "utf-8") -> Path:
@@ -23,3 +27,16 @@ def atomic_write_text(path: Path, text: str, *, encoding: str = "utf-8") -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def hash_file(path: Path, *algorithms: str) -> tuple[int, tuple[str, ...]]:
+    """(size, hex digests) of a file, one digest per hashlib algorithm named (sha256 when none
+    is), in one streamed pass so a large file is read once and never sits in memory."""
+    hashes = [hashlib.new(name) for name in algorithms or ("sha256",)]
+    size = 0
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            for h in hashes:
+                h.update(chunk)
+            size += len(chunk)
+    return size, tuple(h.hexdigest() for h in hashes)

@@ -8,21 +8,47 @@ way everywhere.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
-from typing import Any, Literal, get_args
+from typing import Any
 
 from rssc_mlflow import protocol
 from rssc_mlflow.errors import RsscError
 
-Stage = Literal["pretrain", "adapt", "extract", "probe", "finetune"]
-STAGES: tuple[str, ...] = get_args(Stage)  # one list: the Literal's
-TRAINING_STAGES: tuple[str, ...] = ("pretrain", "adapt", "finetune")
-TRANSFER_STAGES: tuple[str, ...] = ("extract", "probe", "finetune")
+
+class Stage(enum.StrEnum):
+    """The protocol's stages. Members are plain strings (`Stage.PROBE == "probe"`), the names
+    that MLflow tags, CLI commands and MLproject entry points carry, so stored runs match."""
+
+    PRETRAIN = "pretrain"
+    ADAPT = "adapt"
+    EXTRACT = "extract"
+    PROBE = "probe"
+    FINETUNE = "finetune"
+
+    @property
+    def short(self) -> str:
+        """The stage in a run's UI name, where about 24 characters fit (tracking.runs)."""
+        return _SHORT_NAMES[self]
+
+
+_SHORT_NAMES = {Stage.PRETRAIN: "pre", Stage.ADAPT: "adapt", Stage.EXTRACT: "feat",
+                Stage.PROBE: "probe", Stage.FINETUNE: "ft"}
+
+# The groupings, each defined once, in the order plans and tables list them.
+STAGES: tuple[Stage, ...] = tuple(Stage)
+# Stages that train (and so resume from a checkpoint with `rssc STAGE --resume RUN_ID`).
+TRAINING_STAGES: tuple[Stage, ...] = (Stage.PRETRAIN, Stage.ADAPT, Stage.FINETUNE)
+# Stages that start from a registered source and evaluate on a target.
+TRANSFER_STAGES: tuple[Stage, ...] = (Stage.EXTRACT, Stage.PROBE, Stage.FINETUNE)
 # Stages that train on their source and have no target; the others evaluate on a target.
-SOURCE_STAGES: tuple[str, ...] = ("pretrain", "adapt")
+SOURCE_STAGES: tuple[Stage, ...] = (Stage.PRETRAIN, Stage.ADAPT)
 # Stages whose runs fill the paper's tables and figures (extract only feeds probe).
-RESULT_STAGES: tuple[str, ...] = ("pretrain", "adapt", "finetune", "probe")
+RESULT_STAGES: tuple[Stage, ...] = (Stage.PRETRAIN, Stage.ADAPT, Stage.FINETUNE, Stage.PROBE)
+# The two ways a backbone is judged on a target: the transfer stages that are results.
+TRANSFER_RESULT_STAGES: tuple[Stage, ...] = tuple(
+    s for s in TRANSFER_STAGES if s in RESULT_STAGES)
 PRECISIONS = ("float32", "mixed")
 STRATEGIES = ("auto", "mirrored", "multiworker")
 SOLVERS = ("adam", "lbfgs")
@@ -143,7 +169,7 @@ def resolve_settings(
             raise RsscError(f"Invalid parameter {name}={value!r}. Choose one of: {', '.join(allowed)}.")
     if not source:
         raise RsscError("The parameter source is required (a dataset key or model reference).")
-    if stage in ("extract", "probe", "finetune") and not target:
+    if stage in TRANSFER_STAGES and not target:
         raise RsscError(f"`{stage}` needs a target dataset: pass --target KEY (e.g. ucm).")
     return RunSettings(
         stage=stage, source=source, target=target, profile=prof.name, epochs=epochs,

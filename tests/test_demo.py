@@ -42,20 +42,20 @@ def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
     calls: dict[str, object] = {}
 
     def fake_standin(folder: Path, say) -> Path:
-        from rssc_mlflow.training import model_pool
+        from rssc_mlflow.training import speed
 
-        calls["standin_pool"] = model_pool.is_enabled()
+        calls["standin_pool"] = speed.is_enabled()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / models.IMAGENET_WEIGHTS_FILE
         path.write_bytes(b"stand-in")
         return path
 
     def fake_reproduce(profile, **kwargs):
-        from rssc_mlflow.training import model_pool
+        from rssc_mlflow.training import speed
 
         calls["reproduce"] = (profile, kwargs.get("log_model_finetune"),
                               kwargs.get("reuse_models"), kwargs.get("parallel"))
-        calls["pool"] = model_pool.is_enabled()
+        calls["pool"] = speed.is_enabled()
         calls["env"] = {k: os.environ.get(k) for k in
                         ("RSSC_DATA_DIR", "MLFLOW_TRACKING_URI", models.IMAGENET_WEIGHTS_ENV)}
         return FakeReport()
@@ -80,9 +80,9 @@ def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
                             "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
                             models.IMAGENET_WEIGHTS_ENV: str(result.imagenet_weights)}
     # Restored afterwards.
-    from rssc_mlflow.training import model_pool
+    from rssc_mlflow.training import speed
 
-    assert not model_pool.is_enabled()
+    assert not speed.is_enabled()
     assert models.IMAGENET_WEIGHTS_ENV not in os.environ
     assert "RSSC_DATA_DIR" not in os.environ
     import mlflow

@@ -19,6 +19,7 @@ from mlflow.projects import _project_spec
 
 from rssc_mlflow import cli, protocol
 from rssc_mlflow.results import reproduce
+from rssc_mlflow.settings import SOURCE_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECTS = [ROOT, ROOT / "kubernetes"]
@@ -111,7 +112,7 @@ def test_kubernetes_parameters_of_reproduce_reach_the_command():
     backend = reproduce._Kubernetes("smoke", 1, False, Path("unused.json"))
     kube = ROOT / "kubernetes"
     for stage in _entry_points(kube):
-        target = "" if stage in reproduce.UPSTREAM_STAGES else "ucm"
+        target = "" if stage in SOURCE_STAGES else "ucm"
         run = reproduce.PlannedRun(stage, "mlrsnet_sl", target, 7, 0, [], [], 1, 1, 1, 1, 0.0,
                                    True, False)
         params = backend.parameters(run)

@@ -37,7 +37,7 @@ from rssc_mlflow.data.prepare import prepare
 from rssc_mlflow.data.synth import write_synthetic
 from rssc_mlflow.results.findings import Interval, paired_bootstrap
 from rssc_mlflow.tracking import predictions, registry
-from rssc_mlflow.training import model_pool
+from rssc_mlflow.training import speed
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,7 @@ def _target_runs(random_init: Path, *, baselines: Scenario | None = None,
 
 def _random_init_file(path: Path) -> Path:
     """The network `pretrain` starts from (same seed, same momentum), untrained, as a file."""
-    model_pool.set_random_seed(42)
+    speed.set_random_seed(42)
     model = models.build_classifier(21, "single", crop=32, bn_momentum=0.9)
     model.save(path)
     return path
@@ -168,7 +168,7 @@ def science(tmp_path_factory):
             prepare(key, root / "synth" / ("ucm" if key == "ucm" else "mlrsnet"))
         random_init = _random_init_file(root / "random_init.keras")
         held_out = {}
-        with model_pool.enabled():
+        with speed.enabled():
             for key in (SOURCE, OTHER):
                 held_out[key] = commands.pretrain(key, profile=PROFILE).metrics
             for name in ("no_weights", "swapped"):  # stores as they are after pre-training

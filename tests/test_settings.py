@@ -85,12 +85,29 @@ def test_replicas_count_only_for_training_stages() -> None:
     assert fingerprint(mixed) != fingerprint(probe)  # mixed-precision features round otherwise
 
 
-def test_the_stage_lists_are_subsets_of_the_one_stage_literal():
-    from typing import get_args
-
+def test_the_stage_lists_are_subsets_of_the_one_stage_enum():
     from rssc_mlflow import settings as s
 
-    assert s.STAGES == get_args(s.Stage) == ("pretrain", "adapt", "extract", "probe", "finetune")
+    assert s.STAGES == tuple(s.Stage) == ("pretrain", "adapt", "extract", "probe", "finetune")
+    assert all(isinstance(stage, s.Stage) for group in (
+        s.STAGES, s.TRAINING_STAGES, s.TRANSFER_STAGES, s.SOURCE_STAGES, s.RESULT_STAGES,
+        s.TRANSFER_RESULT_STAGES) for stage in group)
     assert set(s.SOURCE_STAGES) < set(s.TRAINING_STAGES) < set(s.STAGES)
     assert set(s.TRANSFER_STAGES) < set(s.STAGES)
     assert set(s.RESULT_STAGES) == set(s.STAGES) - {"extract"}
+    assert s.TRANSFER_RESULT_STAGES == ("probe", "finetune")  # the transfer table's order
+
+
+def test_a_stage_is_the_plain_string_that_tags_and_commands_carry():
+    import json
+    import pickle
+
+    from rssc_mlflow.settings import STAGES, Stage
+
+    for stage in Stage:
+        plain = stage.value
+        assert stage == plain and str(stage) == f"{stage}" == plain and hash(stage) == hash(plain)
+        assert plain in STAGES and {plain: 1}[stage] == 1  # a tag read back finds its member
+        assert Stage(plain) is stage and pickle.loads(pickle.dumps(stage)) is stage
+    assert json.dumps({Stage.PROBE: [Stage.FINETUNE]}) == '{"probe": ["finetune"]}'
+    assert [s.short for s in Stage] == ["pre", "adapt", "feat", "probe", "ft"]

@@ -21,10 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rssc_mlflow.files import atomic_write_text
+from rssc_mlflow.files import atomic_write_text, hash_file
 
 MANIFEST_FILE = "rssc_manifest.json"
-_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -34,24 +33,13 @@ class FileEntry:
     sha256: str
 
 
-def hash_file(path: Path) -> tuple[int, str]:
-    """(size, sha256) of a file, streamed so large files never sit in memory."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
 def hash_files(root: Path, relpaths: Iterable[str], workers: int | None = None) -> list[FileEntry]:
     """FileEntry for each path under `root`; threads, because hashlib releases the GIL."""
     rels = list(relpaths)
     workers = workers or max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        sizes = list(pool.map(lambda r: hash_file(root / r), rels))
-    return [FileEntry(r, size, digest) for r, (size, digest) in zip(rels, sizes)]
+        hashed = list(pool.map(lambda r: hash_file(root / r), rels))
+    return [FileEntry(r, size, sha256) for r, (size, (sha256,)) in zip(rels, hashed)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ from rssc_mlflow.data.catalog import (
 from rssc_mlflow.data.manifest import FileEntry, Manifest, hash_files, read_manifest, write_manifest
 from rssc_mlflow.errors import DatasetError
 from rssc_mlflow.files import atomic_write_text
+from rssc_mlflow.naming import few
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -294,8 +295,7 @@ def _count_note(spec: DatasetSpec, per_class: dict[str, int], images: int, synth
         off = [f"{c} {per_class.get(c, 0)} (expected {n})"
                for c, n in spec.expected_per_class.items() if per_class.get(c, 0) != n]
         if off:
-            note += f"; classes off their expected count: {', '.join(off[:5])}"
-            note += f" and {len(off) - 5} more" if len(off) > 5 else ""
+            note += f"; classes off their expected count: {few(off, 5, show=str)}"
     if skipped:
         note += f"; {skipped} damaged file(s) skipped"
     return note

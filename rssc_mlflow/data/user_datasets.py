@@ -46,11 +46,12 @@ from typing import Any
 
 from rssc_mlflow import __version__, config
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, Item, class_plan, few, is_junk, is_synthetic, relpath, walk_images,
+    BuildPlan, Item, class_plan, is_junk, is_synthetic, relpath, walk_images,
 )
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, Task
 from rssc_mlflow.errors import DatasetError
-from rssc_mlflow.files import atomic_write_text
+from rssc_mlflow.files import atomic_write_text, hash_file
+from rssc_mlflow.naming import few
 
 SPEC_FOLDER = "user_datasets"
 FORMAT = 1
@@ -385,13 +386,13 @@ def _describe_csv(name: str, manual: Path, labels_csv: Path, description: str,
     lines = [f"{f}\t{''.join(map(str, v))}" for f, v in parsed.rows.items()]
     per_class = {label: sum(v[i] for v in parsed.rows.values())
                  for i, label in enumerate(parsed.labels)}
-    data = labels_csv.read_bytes()
+    _, (csv_sha256,) = hash_file(labels_csv)
     return UserDataset(
         name=name, task="multi", layout=_LAYOUT_CSV, classes=parsed.labels,
         manual_dir=str(manual), images=len(parsed.rows), per_class=per_class,
         files_sha256=_lines_digest(lines), description=description,
         labels_csv=copy_to.name, labels_csv_source=str(labels_csv.resolve()),
-        labels_csv_sha256=hashlib.sha256(data).hexdigest())
+        labels_csv_sha256=csv_sha256)
 
 
 # --- add / remove ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from rssc_mlflow.data.catalog import get_spec
 from rssc_mlflow.results.summarize import PRIOR_METRIC, RunRecord
-from rssc_mlflow.settings import SOURCE_STAGES
+from rssc_mlflow.settings import SOURCE_STAGES, TRANSFER_RESULT_STAGES
 
 MIN_HELD_OUT_ACCURACY = 0.50
 MIN_F1_OVER_PRIOR = 0.15  # multi-label: F1-micro minus the label-prior baseline's
@@ -85,7 +85,7 @@ def demo_checks(records: Sequence[RunRecord], standin_accuracy: float | None,
                if stage in SOURCE_STAGES]
     scratch = cells.get(("finetune", "scratch", target), {}).get("test_accuracy")
     for stage, source, tgt in sorted(cells):
-        if tgt != target or stage not in ("finetune", "probe") or source == "scratch":
+        if tgt != target or stage not in TRANSFER_RESULT_STAGES or source == "scratch":
             continue
         accuracy = cells[(stage, source, tgt)].get("test_accuracy")
         if stage == "finetune":

@@ -14,8 +14,8 @@ from typing import Literal
 
 from rssc_mlflow import protocol
 from rssc_mlflow.data.catalog import CATALOG, get_spec
+from rssc_mlflow.settings import Stage
 
-Stage = Literal["pretrain", "adapt", "finetune", "probe"]
 Kind = Literal["table", "figure"]
 
 # The paper's names, which differ from the catalog titles in places ("RSI-CB", "RESISC45").
@@ -112,7 +112,7 @@ def _figure(key: str, title: str, caption: str, stage: Stage, sources: Sequence[
 def _table2() -> Layout:
     rows = tuple(Axis(k, PAPER_NAMES[k]) for k in protocol.TABLE2)  # paper's row order
     cols = (Axis("pretrain", "Scratch"), Axis("adapt", "Fine-tuning"))
-    stages: dict[str, Stage] = {"pretrain": "pretrain", "adapt": "adapt"}
+    stages = {"pretrain": Stage.PRETRAIN, "adapt": Stage.ADAPT}
     paper_col = {"pretrain": "scratch", "adapt": "imagenet"}  # protocol.TABLE2's column names
     cells: dict[tuple[str, str], CellSpec | None] = {
         (r.key, c.key): CellSpec(stages[c.key], r.key, "",
@@ -155,39 +155,39 @@ def _layouts() -> tuple[Layout, ...]:
             "table3", "Table III",
             "Classification accuracies on UCM when different subsets of MLRSNet are used for "
             "training the feature extractor (`rssc probe`).",
-            "probe", protocol.TABLE3,
+            Stage.PROBE, protocol.TABLE3,
         ),
         _subset_table(
             "table4", "Table IV",
             "Fine-tuning accuracies on UCM when different subsets of MLRSNet are used for "
             "pre-training (`rssc finetune`).",
-            "finetune", protocol.TABLE4,
+            Stage.FINETUNE, protocol.TABLE4,
         ),
         _figure(
             "figure1", "Figure 1",
             "Classification accuracies/F1-measures (%) on the target datasets obtained by "
             "training softmax classifiers on the features extracted using the pre-trained "
             "networks (`rssc probe`).",
-            "probe", FIGURE1_SOURCES, FIGURE_TARGETS,
+            Stage.PROBE, FIGURE1_SOURCES, FIGURE_TARGETS,
         ),
         _figure(
             "figure2", "Figure 2",
             "Classification accuracies/F1-measures (%) on the target datasets obtained by "
             "fine-tuning the pre-trained networks (`rssc finetune`).",
-            "finetune", FIGURE2_SOURCES, FIGURE_TARGETS,
+            Stage.FINETUNE, FIGURE2_SOURCES, FIGURE_TARGETS,
         ),
         _figure(
             "figure3a", "Figure 3a",
             "Classification accuracies/F1-measures (%) on the target datasets obtained by "
             "training softmax classifiers on the features extracted using the domain-adapted "
             "models (`rssc probe --source imagenet+X`).",
-            "probe", FIGURE3_SOURCES, FIGURE3_TARGETS, _ADAPTED_NAMES,
+            Stage.PROBE, FIGURE3_SOURCES, FIGURE3_TARGETS, _ADAPTED_NAMES,
         ),
         _figure(
             "figure3b", "Figure 3b",
             "Classification accuracies/F1-measures (%) on the target datasets obtained by "
             "fine-tuning the domain-adapted models (`rssc finetune --source imagenet+X`).",
-            "finetune", FIGURE3_SOURCES, FIGURE3_TARGETS, _ADAPTED_NAMES,
+            Stage.FINETUNE, FIGURE3_SOURCES, FIGURE3_TARGETS, _ADAPTED_NAMES,
         ),
     )
 

@@ -62,7 +62,6 @@ from rssc_mlflow.tracking import runs as tracking
 
 MULTILABEL_METRICS = ("f1_micro", "f1_macro", "f1_weighted", "f1_samples", "map")
 SINGLE_LABEL_METRIC = "test_accuracy"
-STAGES = RESULT_STAGES
 SUMMARY_STAGE = "summarize"
 BANNER = protocol.SYNTHETIC_BANNER
 PAGE_SIZE = 1000  # runs per search page; the sqlite store answers 1,000 runs in about a second
@@ -326,7 +325,7 @@ def fetch_runs(client: MlflowClient, experiment_ids: Sequence[str]) -> list[RunR
         PAGE_SIZE,
     )
     return [RunRecord.from_run(run) for run in found
-            if run.data.tags.get(tracking.TAG_STAGE) in STAGES]
+            if run.data.tags.get(tracking.TAG_STAGE) in RESULT_STAGES]
 
 
 # --- Filling the cells ---------------------------------------------------------------------------

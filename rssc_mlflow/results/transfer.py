@@ -30,6 +30,7 @@ from rssc_mlflow.data.catalog import CATALOG, get_spec
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import paper, reproduce
 from rssc_mlflow.results.reproduce import PlannedRun, Progress, ReproduceReport, split_list
+from rssc_mlflow.settings import TRANSFER_RESULT_STAGES
 
 SCRATCH = "scratch"
 IMAGENET = "imagenet"
@@ -216,7 +217,7 @@ def plan(target: str, profile: str = protocol.DEFAULT_PROFILE, *,
     runs: list[PlannedRun] = []
     for seed in seeds:
         pairs = [("finetune", SCRATCH)] + [(stage, b.reference) for b in backbones
-                                           for stage in ("probe", "finetune")]
+                                           for stage in TRANSFER_RESULT_STAGES]
         for stage, source in pairs:
             runs.append(reproduce.planned_run(stage, source, spec.key, seed, level=1,
                                               cells=cell, depends_on=[], profile=profile,

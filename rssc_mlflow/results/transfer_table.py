@@ -34,9 +34,9 @@ from rssc_mlflow.results import findings as fl
 from rssc_mlflow.results import paper
 from rssc_mlflow.results import summarize as sm
 from rssc_mlflow.results.paper import Axis, CellSpec, Layout
+from rssc_mlflow.settings import TRANSFER_RESULT_STAGES as STAGES  # the table's columns
 
 SCRATCH, IMAGENET = "scratch", "imagenet"
-STAGES = ("probe", "finetune")
 STAGE_LABELS = {"probe": "Probe", "finetune": "Fine-tune"}
 BASELINES = (IMAGENET, SCRATCH)
 PAPER_TARGETS = frozenset(paper.FIGURE_TARGETS)

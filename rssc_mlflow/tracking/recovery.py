@@ -30,10 +30,9 @@ import numpy as np
 
 from rssc_mlflow import config
 from rssc_mlflow.errors import RsscError
-from rssc_mlflow.settings import RunSettings, resolve_settings
+from rssc_mlflow.settings import TRAINING_STAGES, RunSettings, resolve_settings
 from rssc_mlflow.tracking import predictions, runs
 
-TRAINING_STAGES = runs.RESUMABLE_STAGES  # settings.TRAINING_STAGES
 REPLICAS_PARAM = "replicas"
 # Results of a trained run the tracking server could not take, under its checkpoint folder.
 UNLOGGED = "unlogged"

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from rssc_mlflow import config, models, protocol
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec
 from rssc_mlflow.errors import ModelError
+from rssc_mlflow.files import hash_file
 from rssc_mlflow.tracking import pyfunc_model
 
 # Tags on every registered version (read back by `resolve_source`).
@@ -137,12 +138,8 @@ class ResolvedSource:
 
 @functools.lru_cache(maxsize=16)
 def _digests(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
-    sha256, md5 = hashlib.sha256(), hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha256.update(block)
-            md5.update(block)
-    return sha256.hexdigest(), md5.hexdigest()
+    _, (sha256, md5) = hash_file(Path(path), "sha256", "md5")
+    return sha256, md5
 
 
 def file_digests(path: Path) -> tuple[str, str]:

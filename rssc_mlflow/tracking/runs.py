@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from rssc_mlflow import __version__, protocol
 from rssc_mlflow.errors import Interrupted, RsscError
 from rssc_mlflow.naming import run_name  # noqa: F401 - its home is naming (no MLflow there)
-from rssc_mlflow.settings import TRAINING_STAGES
+from rssc_mlflow.settings import STAGES, TRAINING_STAGES, Stage
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ TAG_CHECKPOINT_DIR = "rssc.checkpoint_dir"
 # What the UI shows: the run's description, and a short flag to add as a column at a glance.
 TAG_NOTE = "mlflow.note.content"
 TAG_SYNTHETIC_FLAG = "SYNTHETIC"  # "yes" on synthetic runs only
-
-# Stages whose runs continue from a checkpoint with `rssc STAGE --resume RUN_ID`.
-RESUMABLE_STAGES = TRAINING_STAGES
 
 SYNTHETIC_BANNER = protocol.SYNTHETIC_BANNER
 SYNTHETIC_WEIGHTS_BANNER = (
@@ -131,8 +128,6 @@ def git_commit() -> str:
 # named with short forms, e.g. 'ft mlrs→ucm', 'probe IN+mlrs-other→ucm'. The seed is a column
 # of its own (parameter `seed`); tags and the run's description carry the full names.
 UI_NAME_MAX = 24
-_SHORT_STAGES = {"pretrain": "pre", "adapt": "adapt", "finetune": "ft", "extract": "feat",
-                 "probe": "probe"}
 _SHORT_KEYS = {"imagenet": "IN", "imagenet100": "in100", "mlrsnet_sl": "mlrs",
                "mlrsnet_ml": "mlrs-ml", "mlrsnet_ucm_same": "mlrs-same",
                "mlrsnet_ucm_other": "mlrs-other", "mlrsnet_half": "mlrs-half",
@@ -145,7 +140,7 @@ def _short(reference: str) -> str:
 
 def ui_run_name(stage: str, source: str, target: str = "") -> str:
     """The run's name in the UI: short stage and dataset names."""
-    name = f"{_SHORT_STAGES.get(stage, stage)} {_short(source)}"
+    name = f"{Stage(stage).short if stage in STAGES else stage} {_short(source)}"
     return f"{name}→{_short(target)}" if target else name
 
 
@@ -344,7 +339,7 @@ def tracked_run(
             if not exc.how_to_continue:
                 exc.how_to_continue = (
                     f"Continue the same run with `rssc {stage} --resume {exc.run_id}`."
-                    if stage in RESUMABLE_STAGES else "Run the same command again.")
+                    if stage in TRAINING_STAGES else "Run the same command again.")
             # One quick attempt each: a pre-empted node has seconds left, not minutes of retries.
             with _no_http_retries():
                 with contextlib.suppress(Exception):

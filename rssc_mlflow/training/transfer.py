@@ -17,7 +17,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
 from rssc_mlflow import protocol
-from rssc_mlflow.training import model_pool
+from rssc_mlflow.training import speed
 
 
 def extract_features(backbone: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
             full[:, clf.classes_] = probs
             probs = full
         return ProbeResult(np.asarray(probs, np.float32), [{"train_accuracy": float(clf.score(train_x, train_y))}])
-    model_pool.set_random_seed(seed)  # keras's, minus a cache flush when pooled
+    speed.set_random_seed(seed)  # keras's, minus a cache flush when pooled
     activation, loss = (("sigmoid", "binary_crossentropy") if task == "multi"
                         else ("softmax", "sparse_categorical_crossentropy"))
     probe = keras.Sequential([keras.Input((train_x.shape[1],)),

@@ -4,6 +4,7 @@ with its message."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import unicodedata
@@ -185,6 +186,7 @@ def test_add_a_multilabel_csv(data_env: Path, tmp_path: Path) -> None:
     assert dataset.task == "multi" and dataset.classes == LABELS and dataset.images == 6
     assert dataset.per_class == {"Bäume": 3, "Gebäude": 3, "Wasser Fläche": 3}
     assert ud._labels_copy("my_labels").read_bytes() == csv_path.read_bytes()
+    assert dataset.labels_csv_sha256 == hashlib.sha256(csv_path.read_bytes()).hexdigest()
     csv_path.write_text("changed")  # the kept copy is what prepare reads
     plan = ud.scan("my_labels", None)
     got = {i.filename: i.labels for i in plan.items}

@@ -381,6 +381,22 @@ def test_a_result_file_is_read_whole_or_not_at_all(tmp_path: Path,
     assert outcome.read_result(path)["status"] == "ran"
 
 
+def test_a_result_file_that_cannot_be_written_keeps_the_last_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "result.json"
+    path.write_text('{"status": "ran", "run_id": "r0"}')
+    monkeypatch.setenv(outcome.RESULT_FILE_ENV, str(path))
+
+    def full(fd: int) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the data is fsynced before it replaces the result
+    with pytest.raises(OSError, match="No space left"):
+        outcome.report_to_parent({"status": "ran", "run_id": "r1"})
+    assert outcome.read_result(path) == {"status": "ran", "run_id": "r0"}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left
+
+
 def test_the_plan_imports_neither_mlflow_nor_tensorflow() -> None:
     """Blocked imports fail loudly, so a plan that needed either would raise here."""
     code = ("import sys\n"

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import tensorflow_datasets as tfds
 
 from rssc_mlflow.data.builders import VERSION as BUILDER_VERSION
-from rssc_mlflow.data.builders.common import BuildPlan, Item, few, process, process_all
+from rssc_mlflow.data.builders.common import BuildPlan, Item, process, process_all
 from rssc_mlflow.data.catalog import DatasetSpec, get_spec
 from rssc_mlflow.errors import DatasetError
+from rssc_mlflow.naming import few
 
 SPLIT = "train"
 _PROGRESS_EVERY = 1000

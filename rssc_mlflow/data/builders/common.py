@@ -10,7 +10,7 @@ import hashlib
 import io
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from PIL import Image
 from rssc_mlflow.data.catalog import DatasetSpec
 from rssc_mlflow.data.synth import SYNTHETIC_MARKER
 from rssc_mlflow.errors import DatasetError
+from rssc_mlflow.naming import few
 
 # Files and folders that archivers and file browsers add; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", SYNTHETIC_MARKER})
@@ -99,9 +100,7 @@ def describe_folder(folder: Path, limit: int = 8) -> str:
     names = sorted(e.name for e in os.scandir(folder) if not is_junk(e.name))
     if not names:
         return f"'{folder}' is empty"
-    shown = ", ".join(repr(n) for n in names[:limit])
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return f"'{folder}' holds {shown}{more}"
+    return f"'{folder}' holds {few(names, limit)}"
 
 
 def layout_error(spec: DatasetSpec, manual_dir: Path, problem: str) -> DatasetError:
@@ -110,12 +109,6 @@ def layout_error(spec: DatasetSpec, manual_dir: Path, problem: str) -> DatasetEr
         f"--manual-dir the archive's top folder or the folder that contains it (found: "
         f"{describe_folder(manual_dir)}). Download page: {spec.download_page}."
     )
-
-
-def few(names: Iterable[str], limit: int = 10) -> str:
-    names = list(names)
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_class_folders(spec: DatasetSpec, found: Sequence[str], where: Path,

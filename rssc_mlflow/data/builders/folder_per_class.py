@@ -12,10 +12,11 @@ from pathlib import Path
 
 from rssc_mlflow.data.builders.base import RsscBuilder
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, check_class_folders, child_ci, class_plan, few, layout_error, relpath,
+    BuildPlan, check_class_folders, child_ci, class_plan, layout_error, relpath,
     root_candidates, subdirs,
 )
 from rssc_mlflow.data.catalog import DatasetSpec, get_spec
+from rssc_mlflow.naming import few
 
 
 def scan_folder_per_class(spec: DatasetSpec, manual_dir: Path) -> BuildPlan:

@@ -22,7 +22,7 @@ from typing import Any
 # Public name -> (module, name there).
 _EXPORTS: dict[str, tuple[str, str]] = {
     **{name: ("planning", name) for name in (
-        "SELECTIONS", "UPSTREAM_STAGES", "PlannedRun", "ReproduceReport", "RunKey", "Status",
+        "SELECTIONS", "PlannedRun", "ReproduceReport", "RunKey", "Status",
         "plan", "planned_run", "selected_layouts", "split_list", "upstream_of")},
     **{name: ("store", name) for name in (
         "finished_runs", "interrupted_runs", "find_done", "find_interrupted")},

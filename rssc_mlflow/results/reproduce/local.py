@@ -43,7 +43,7 @@ class Local:
             self._in_process(run, say)
 
     def _in_process(self, run: PlannedRun, say: outcome.Say) -> None:
-        from rssc_mlflow.training import model_pool
+        from rssc_mlflow.training import speed
 
         say(run, "...")
         started = time.monotonic()
@@ -55,7 +55,7 @@ class Local:
         else:
             outcome.ran(run, result.run_id, result.metrics, time.monotonic() - started)
         finally:
-            if not model_pool.is_enabled():  # pooled models are meant to stay
+            if not speed.is_enabled():  # pooled models are meant to stay
                 outcome.release_memory()
         say(run, outcome.describe(run))
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rssc_mlflow.files import atomic_write_text
 from rssc_mlflow.results.reproduce.planning import PlannedRun
 
 Progress = Callable[[str], None]
@@ -81,22 +81,14 @@ def report_to_parent(outcome: dict[str, Any]) -> None:
     """In a child: write `outcome` to the parent's result file, if the parent asked for one.
 
     `outcome` is {"status": "ran", "run_id", "metrics"} or {"status": "failed", "reason"}.
-    Written to a temporary file in the same folder, then renamed over the result: the parent
-    never reads half a file.
+    Written atomically (`files.atomic_write_text`): the parent never reads half a file.
     """
     path = os.environ.get(RESULT_FILE_ENV)
     if not path:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(outcome, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, json.dumps(outcome))
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

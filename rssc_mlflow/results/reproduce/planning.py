@@ -23,7 +23,7 @@ from rssc_mlflow.data.catalog import CATALOG, get_spec
 from rssc_mlflow.errors import DatasetError, RsscError
 from rssc_mlflow.naming import run_name
 from rssc_mlflow.results import paper
-from rssc_mlflow.settings import resolve_settings
+from rssc_mlflow.settings import SOURCE_STAGES, resolve_settings
 
 Status = Literal["todo", "done", "ran", "failed", "blocked"]
 RunKey = tuple[str, str, str, int]  # (stage, source, target, seed)
@@ -35,7 +35,6 @@ SELECTIONS: dict[str, tuple[str, ...]] = {
     "figure1": ("figure1",), "figure2": ("figure2",), "figure3": ("figure3a", "figure3b"),
     "figure3a": ("figure3a",), "figure3b": ("figure3b",),
 }
-UPSTREAM_STAGES = ("pretrain", "adapt")
 
 
 @dataclasses.dataclass
@@ -169,16 +168,16 @@ def plan(profile: str = protocol.DEFAULT_PROFILE, *, only: Sequence[str] | None 
                 cells.setdefault((spec.stage, spec.source, spec.target), []).append(
                     f"{layout.key} {row}/{col}")
     for (stage, source, target) in list(cells):
-        up = upstream_of(source) if stage not in UPSTREAM_STAGES else None
+        up = upstream_of(source) if stage not in SOURCE_STAGES else None
         if up is not None:
             cells.setdefault(up, []).append(f"needed by {run_name(stage, source, target)}")
-    bases = sorted(cells, key=lambda b: b[0] not in UPSTREAM_STAGES)  # stable: level 0 first
+    bases = sorted(cells, key=lambda b: b[0] not in SOURCE_STAGES)  # stable: level 0 first
     sizes: dict[str, tuple[dict[str, int], bool]] = {}
     out: list[PlannedRun] = []
     for level in (0, 1):
         for seed in seeds:
             for stage, source, target in bases:
-                if (stage in UPSTREAM_STAGES) != (level == 0):
+                if (stage in SOURCE_STAGES) != (level == 0):
                     continue
                 up = upstream_of(source) if level == 1 else None
                 out.append(planned_run(
@@ -195,7 +194,7 @@ def planned_run(stage: str, source: str, target: str, seed: int, *, level: int,
     """One run of a plan with its image-steps and GPU-hours (see `plan`); `sizes` caches the
     datasets' class counts across calls."""
     key = target or source
-    role = "source" if stage in UPSTREAM_STAGES else "target"
+    role = "source" if stage in SOURCE_STAGES else "target"
     train, test, exact = _split_sizes(key, role, sizes)
     epochs = resolve_settings(stage, source=source, target=target, profile=profile).epochs
     validated = protocol.get_profile(profile).validate_every_epoch

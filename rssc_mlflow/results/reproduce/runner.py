@@ -18,7 +18,7 @@ import mlflow
 
 from rssc_mlflow import devices, protocol
 from rssc_mlflow.errors import RsscError
-from rssc_mlflow.naming import run_name
+from rssc_mlflow.naming import few, run_name
 from rssc_mlflow.results.reproduce import kubernetes, outcome, store
 from rssc_mlflow.results.reproduce.local import Local
 from rssc_mlflow.results.reproduce.outcome import Progress
@@ -48,7 +48,7 @@ def _missing_prerequisites(planned: list[PlannedRun]) -> list[str]:
             problems.append(
                 f"{len(needing)} run(s) need the Keras ImageNet weight file "
                 f"{models.IMAGENET_WEIGHTS_FILE} (set {models.IMAGENET_WEIGHTS_ENV} to its path), "
-                f"e.g. {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}: {exc}")
+                f"e.g. {few(names, 3, show=str)}: {exc}")
     return problems
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import mlflow
 
 from rssc_mlflow.results.reproduce.planning import PlannedRun
+from rssc_mlflow.settings import TRAINING_STAGES
 from rssc_mlflow.tracking import runs as tags
 
 # (stage, source, target, seed, fingerprint), as the run's tags spell them.
@@ -50,7 +51,7 @@ def interrupted_runs() -> dict[StoreKey, list[mlflow.entities.Run]]:
     index: dict[StoreKey, list[mlflow.entities.Run]] = {}
     for run in found:
         t = run.data.tags
-        if t.get(tags.TAG_STAGE) not in ("pretrain", "adapt", "finetune") or \
+        if t.get(tags.TAG_STAGE) not in TRAINING_STAGES or \
                 tags.TAG_FINGERPRINT not in t:
             continue
         key = (t[tags.TAG_STAGE], t.get(tags.TAG_SOURCE, ""), t.get(tags.TAG_TARGET, ""),

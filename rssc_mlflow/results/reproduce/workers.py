@@ -1,6 +1,6 @@
 """The local backend with `--reuse-models`: `parallel` long-lived worker processes, each running
-`commands.*` in-process with `model_pool` on. A worker returns each run's outcome to the parent
-as a value (through `concurrent.futures`), its console goes to its log.
+`commands.*` in-process with the model pool (`training.speed`) on. A worker returns each run's
+outcome to the parent as a value (through `concurrent.futures`), its console goes to its log.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rssc_mlflow.results.reproduce.planning import PlannedRun
 
 class Workers:
     """`parallel` long-lived worker processes, each running `commands.*` in-process with
-    `model_pool` on, so a worker traces each ResNet-50 variant once for all its runs.
+    the model pool on, so a worker traces each ResNet-50 variant once for all its runs.
 
     For many short runs (the demo on a CPU, where tracing a new ResNet-50 costs more than a run
     trains); on a GPU server one process per run (`local.Local`) isolates runs better. Runs that
@@ -119,9 +119,9 @@ def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None =
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from rssc_mlflow.training import model_pool
+    from rssc_mlflow.training import speed
 
-    model_pool.enable_for_process()
+    speed.enable_for_process()
 
 
 def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
