@@ -24,7 +24,7 @@ CONFIG_FILE = "rssc_model.json"
 KERAS_FILE = "model.keras"
 
 
-def _load_pyfunc(data_path: str) -> "ResNet50Classifier":
+def _load_pyfunc(data_path: str) -> ResNet50Classifier:
     """MLflow's entry point for `loader_module` flavors: `data_path` is the model's data/."""
     return ResNet50Classifier.load(Path(data_path))
 
@@ -44,14 +44,14 @@ class ResNet50Classifier:
         self.batch_size = int(config.get("batch_size", 32))
 
     @classmethod
-    def load(cls, folder: Path) -> "ResNet50Classifier":
+    def load(cls, folder: Path) -> ResNet50Classifier:
         import keras
 
         config = json.loads((folder / CONFIG_FILE).read_text())
         model = keras.saving.load_model(folder / KERAS_FILE, safe_mode=True, compile=False)
         return cls(model, config)
 
-    def get_raw_model(self) -> "ResNet50Classifier":
+    def get_raw_model(self) -> ResNet50Classifier:
         """What `mlflow.pyfunc.load_model(...).get_raw_model()` gives: this object, whose
         `predict` also takes a list of images of different sizes (which a tensor signature
         cannot describe) and whose `.model` is the Keras model."""

@@ -5,6 +5,13 @@ they are refactored elsewhere; new code imports `rssc_mlflow.training.speed`.
 """
 
 from rssc_mlflow.training.speed import (  # noqa: F401 - re-exported
-    DEFAULT_MAX_SOURCES, acquire, clear, enable_for_process, enabled, feature_extractor,
-    is_enabled, set_random_seed, stats,
+    DEFAULT_MAX_SOURCES,
+    acquire,
+    clear,
+    enable_for_process,
+    enabled,
+    feature_extractor,
+    is_enabled,
+    set_random_seed,
+    stats,
 )

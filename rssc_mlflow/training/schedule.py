@@ -25,7 +25,8 @@ gave each batch; docs/PROTOCOL.md ("Learning-rate steps") states what it replays
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -177,7 +178,7 @@ class AuthorsStepSchedule(WarmupStepDecay):
                 "initial_lr": self.initial_lr}
 
 
-Schedule = Union[WarmupStepDecay, AuthorsStepSchedule]
+Schedule = WarmupStepDecay | AuthorsStepSchedule
 
 
 def make_schedule(schedule_steps: str, *, peak_lr: float, n_train: int, batch_size: int,
