@@ -196,12 +196,6 @@ def make_schedule(schedule_steps: str, *, peak_lr: float, n_train: int, batch_si
                      f"got {schedule_steps!r}.")
 
 
-def lr_at_epoch(schedule: Schedule, epoch: int, *, last_step: bool = False) -> float:
-    """Rate used at the first (or, with `last_step`, the last) step of 0-based `epoch`, for logs."""
-    step = epoch * schedule.steps_per_epoch + (schedule.steps_per_epoch - 1 if last_step else 0)
-    return float(keras.ops.convert_to_numpy(schedule(step)))
-
-
 @keras.saving.register_keras_serializable(package="rssc_mlflow")
 class RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """The optimizer's schedule: the rate of every step of the current run, in a tf.Variable.
