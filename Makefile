@@ -21,9 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rssc demo --out demo_out
 
-# Two workers, one test file each at a time (module fixtures are built once): the slow tests
-# mostly wait on subprocesses and servers, so the suite takes ~18 min here instead of ~30.
+# Lint and dead code first (seconds; settings in pyproject.toml), so a slip fails before the
+# suite starts. Then two workers, one test file each at a time (module fixtures are built
+# once): the slow tests mostly wait on subprocesses and servers, so the suite takes ~18 min
+# here instead of ~30.
 test: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m vulture
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -rs --durations=20 $(PYTEST_ARGS)
 
 server: $(STAMP)

@@ -23,8 +23,19 @@ import traceback
 from pathlib import Path
 
 from benchmarks import (
-    SUITE_KEY, Options, Row, child, extraction, fmt, memory, pipeline, prepare, probe, summarize,
-    tracking, training,
+    SUITE_KEY,
+    Options,
+    Row,
+    child,
+    extraction,
+    fmt,
+    memory,
+    pipeline,
+    prepare,
+    probe,
+    summarize,
+    tracking,
+    training,
 )
 
 MODULES = {m.NAME: m for m in (pipeline, training, extraction, probe, tracking, prepare, memory,

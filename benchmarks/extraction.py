@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
-    PREPROCESSING, Options, Row, child, child_main, fmt, in_memory, new_model, suite_examples,
+    PREPROCESSING,
+    Options,
+    Row,
+    child,
+    child_main,
+    fmt,
+    in_memory,
+    new_model,
+    suite_examples,
 )
 
 NAME = "extraction"

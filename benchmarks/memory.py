@@ -17,9 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks import (
-    Options, Row, child, child_main, fmt, new_model, peak_rss_mb, train_dataset,
-)
+from benchmarks import Options, Row, child, child_main, fmt, new_model, peak_rss_mb, train_dataset
 
 NAME = "memory"
 KEY = "patternnet"  # 38 classes of 256-px JPEGs; no other comparison reads it

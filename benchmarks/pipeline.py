@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
-    PREPROCESSING, Options, Row, child, child_main, fmt, iterate_epochs, write_tree,
+    PREPROCESSING,
+    Options,
+    Row,
+    child,
+    child_main,
+    fmt,
+    iterate_epochs,
+    write_tree,
 )
 
 NAME = "pipeline"

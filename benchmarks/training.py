@@ -14,7 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks import (
-    EpochClock, Options, Row, child, child_main, fmt, in_memory, new_model, suite_examples,
+    EpochClock,
+    Options,
+    Row,
+    child,
+    child_main,
+    fmt,
+    in_memory,
+    new_model,
+    suite_examples,
     train_dataset,
 )
 

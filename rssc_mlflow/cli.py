@@ -14,8 +14,9 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -116,8 +117,8 @@ def datasets(ctx: typer.Context,
 def datasets_add(
     name: Annotated[str, typer.Argument(help="Key for your dataset: lowercase letters, digits, '_'.")],
     manual_dir: Annotated[Path, typer.Option(help="The folder holding your images (a folder per class, the class being the leaf folder, or any tree with --labels-csv).")],
-    task: Annotated[Optional[str], typer.Option(help="single (folders per class, default) or multi (needs --labels-csv).")] = None,
-    labels_csv: Annotated[Optional[Path], typer.Option(help="Multi-label CSV: a file name column, then one 0/1 column per label.")] = None,
+    task: Annotated[str | None, typer.Option(help="single (folders per class, default) or multi (needs --labels-csv).")] = None,
+    labels_csv: Annotated[Path | None, typer.Option(help="Multi-label CSV: a file name column, then one 0/1 column per label.")] = None,
     description: Annotated[str, typer.Option(help="What the data are (shown by `rssc datasets`).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored spec as JSON.")] = False,
 ) -> None:
@@ -156,7 +157,7 @@ def datasets_remove(name: Annotated[str, typer.Argument(help="One of your datase
 @friendly
 def prepare(
     key: Annotated[str, typer.Argument(help="Dataset key (see `rssc datasets`).")],
-    manual_dir: Annotated[Optional[Path], typer.Option(
+    manual_dir: Annotated[Path | None, typer.Option(
         help="The unpacked download: the archive's top folder or the folder that contains it "
              "(your own datasets: default, the folder they were registered from).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -165,7 +166,7 @@ def prepare(
     with_val: Annotated[bool, typer.Option(
         help="imagenet100: add the 5,000 ILSVRC2012 val images of the 100 wnids (val/<wnid>/ "
              "next to train/), as in the paper's 131,689. Recorded in the manifest.")] = False,
-    tiff_as_jpeg: Annotated[Optional[int], typer.Option(
+    tiff_as_jpeg: Annotated[int | None, typer.Option(
         metavar="QUALITY",
         help="ucm, rsicb256: store each TIFF as a JPEG of this quality (1-95), as the authors "
              "read JPEGs converted beforehand. Default: lossless. Recorded in the "
@@ -271,17 +272,17 @@ def splits_import(
 # --- Training and transfer ------------------------------------------------------------------
 
 Profile = Annotated[str, typer.Option(help="paper (docs/PROTOCOL.md), demo (CPU) or smoke (tests).")]
-Epochs = Annotated[Optional[int], typer.Option(help="Epochs (default: the profile's).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Batch size (default: the profile's).")]
-ImageSize = Annotated[Optional[int], typer.Option(help="Crop side, divisible by 32 (paper: 256).")]
+Epochs = Annotated[int | None, typer.Option(help="Epochs (default: the profile's).")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size (default: the profile's).")]
+ImageSize = Annotated[int | None, typer.Option(help="Crop side, divisible by 32 (paper: 256).")]
 Seed = Annotated[int, typer.Option(help="Seed for splits, initialisation and augmentation.")]
-Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the schedule rule).")]
-Preproc = Annotated[Optional[str], typer.Option(help="unit, imagenet-rgb or imagenet-caffe (default: from the model's lineage).")]
+Lr = Annotated[float | None, typer.Option(help="Peak learning rate (default: the schedule rule).")]
+Preproc = Annotated[str | None, typer.Option(help="unit, imagenet-rgb or imagenet-caffe (default: from the model's lineage).")]
 Precision = Annotated[str, typer.Option(help="float32 or mixed (float16 on GPU, bfloat16 on CPU).")]
 Strategy = Annotated[str, typer.Option(help="auto, mirrored or multiworker (tf.distribute).")]
-SplitFile = Annotated[Optional[str], typer.Option(help="A split manifest to use instead of the stratified split.")]
+SplitFile = Annotated[str | None, typer.Option(help="A split manifest to use instead of the stratified split.")]
 ScheduleSteps = Annotated[str, typer.Option(help="How warm-up and decay steps are counted: paper (per batch run, faithful to the paper) or authors (RSSC-transfer's train.py: n // batch counted steps, a first batch at 1e-5 and a second at 0; docs/PROTOCOL.md).")]
-Resume = Annotated[Optional[str], typer.Option(help="Continue an interrupted run (its run id).")]
+Resume = Annotated[str | None, typer.Option(help="Continue an interrupted run (its run id).")]
 LogModel = Annotated[bool, typer.Option(help="Log the trained Keras model to MLflow.")]
 AnyVersion = Annotated[bool, typer.Option(help="When no registered version of the source has the profile's alias (@paper, @demo, ...), take the newest one (said on the console and in the tag rssc.lineage.note) instead of stopping.")]
 
@@ -317,7 +318,7 @@ def _report(result) -> None:
 
 @app.command()
 @friendly
-def pretrain(source: Annotated[Optional[str], typer.Option(help="Dataset key to train on from scratch.")] = None,
+def pretrain(source: Annotated[str | None, typer.Option(help="Dataset key to train on from scratch.")] = None,
              profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
@@ -333,7 +334,7 @@ def pretrain(source: Annotated[Optional[str], typer.Option(help="Dataset key to 
 
 @app.command()
 @friendly
-def adapt(source: Annotated[Optional[str], typer.Option(help="Dataset key to adapt ImageNet weights to.")] = None,
+def adapt(source: Annotated[str | None, typer.Option(help="Dataset key to adapt ImageNet weights to.")] = None,
           profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
           batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
           lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
@@ -349,8 +350,8 @@ def adapt(source: Annotated[Optional[str], typer.Option(help="Dataset key to ada
 
 @app.command()
 @friendly
-def finetune(source: Annotated[Optional[str], typer.Option(help="Model reference: scratch, imagenet, KEY, imagenet+KEY, models:/..., FILE.")] = None,
-             target: Annotated[Optional[str], typer.Option(help="Target dataset key.")] = None,
+def finetune(source: Annotated[str | None, typer.Option(help="Model reference: scratch, imagenet, KEY, imagenet+KEY, models:/..., FILE.")] = None,
+             target: Annotated[str | None, typer.Option(help="Target dataset key.")] = None,
              profile: Profile = protocol.DEFAULT_PROFILE, epochs: Epochs = None,
              batch_size: BatchSize = None, image_size: ImageSize = None, seed: Seed = protocol.SEED,
              lr: Lr = None, preprocessing: Preproc = None, precision: Precision = "float32",
@@ -401,7 +402,7 @@ def probe(source: Annotated[str, typer.Option(help="Model reference (not scratch
 @app.command()
 @friendly
 def summarize(
-    experiment: Annotated[Optional[str], typer.Option(help="Experiment to read (default: the one runs go to, MLFLOW_EXPERIMENT_NAME or rssc; '' = all experiments).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Experiment to read (default: the one runs go to, MLFLOW_EXPERIMENT_NAME or rssc; '' = all experiments).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the tables, figures and summary.html.")] = Path("rssc_outputs/summary"),
     multilabel_metric: Annotated[str, typer.Option(help="f1_micro, f1_macro, f1_weighted, f1_samples or map.")] = "f1_micro",
     pool_precision: Annotated[bool, typer.Option("--pool-precision/--no-pool-precision", help="Let runs that differ only in precision (float32/mixed) or GPU count share a cell; each such cell's footnote says what it pooled.")] = False,
@@ -427,13 +428,13 @@ def reproduce(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every run once per seed.")] = "42",
     plan: Annotated[bool, typer.Option("--plan", help="Only print the runs, their status and GPU-hours.")] = False,
     backend: Annotated[str, typer.Option(help="local or kubernetes.")] = "local",
-    backend_config: Annotated[Optional[Path], typer.Option(help="Kubernetes backend config JSON (default: kubernetes/backend_config.json).")] = None,
+    backend_config: Annotated[Path | None, typer.Option(help="Kubernetes backend config JSON (default: kubernetes/backend_config.json).")] = None,
     parallel: Annotated[int, typer.Option(help="Independent runs at once (local: subprocesses).")] = 1,
     throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models (many short runs, e.g. on a CPU) instead of one process per run.")] = False,
-    gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
-    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    gpus_per_run: Annotated[int | None, typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
 ) -> None:
     """Run the paper's grid in dependency order; re-running skips what is already done."""
     from rssc_mlflow.results.reproduce import reproduce as run_grid
@@ -464,8 +465,8 @@ def transfer(
     throughput: Annotated[float, typer.Option(help="Images/s of one GPU, for the GPU-hours estimate.")] = 2500.0,
     log_model_finetune: Annotated[bool, typer.Option(help="Log the fine-tuned models.")] = True,
     reuse_models: Annotated[bool, typer.Option(help="With --parallel N: N worker processes that reuse compiled models.")] = False,
-    gpus_per_run: Annotated[Optional[int], typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
-    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
+    gpus_per_run: Annotated[int | None, typer.Option(help="With --parallel N: each run sees only its own K GPUs (CUDA_VISIBLE_DEVICES split N ways, memory growth on); 0 = CPU only. Default: every run sees every GPU.")] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")] = None,
 ) -> None:
     """The transfer row of TARGET: scratch fine-tuning, then probe and fine-tuning from every
     backbone; resumable. `rssc summarize` then answers: does pre-training pay off here?"""

@@ -33,7 +33,12 @@ from rssc_mlflow.data.prepare import PreparedDataset, load_prepared
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.protocol import PROBE_LR, Profile, get_profile
 from rssc_mlflow.settings import (
-    SOURCE_STAGES, TRAINING_STAGES, RunSettings, protocol_fingerprint, resolve_settings)
+    SOURCE_STAGES,
+    TRAINING_STAGES,
+    RunSettings,
+    protocol_fingerprint,
+    resolve_settings,
+)
 from rssc_mlflow.tracking import predictions, recovery, registry, runs
 from rssc_mlflow.tracking.recovery import REPLICAS_PARAM
 from rssc_mlflow.training import fit as fit_lib

@@ -36,7 +36,6 @@ from rssc_mlflow.data import pipeline
 from rssc_mlflow.data.catalog import Task
 from rssc_mlflow.errors import ModelError
 
-
 BACKBONE_NAME = "resnet50"
 POOL_NAME = "avg_pool"
 HEAD_NAME = "predictions"
@@ -193,8 +192,8 @@ def backbone_of(model: keras.Model) -> keras.Model:
     (the authors' layout), and on bare ResNet-50s (pooling is added). A model that already
     ends in the pooled features is returned as is.
     """
-    pools = [l for l in model.layers if isinstance(l, keras.layers.GlobalAveragePooling2D)]
-    pool = next((l for l in pools if l.name == POOL_NAME), pools[0] if pools else None)
+    pools = [x for x in model.layers if isinstance(x, keras.layers.GlobalAveragePooling2D)]
+    pool = next((x for x in pools if x.name == POOL_NAME), pools[0] if pools else None)
     if pool is not None:
         if model.outputs[0] is pool.output:
             return model

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
 from rssc_mlflow.errors import RsscError
 
@@ -25,7 +24,6 @@ PAPER_RESIZE = 292  # resize to 292x292, then crop 256x256 (random for training,
 # to the BGR-trained Keras weights). `imagenet-caffe` is Keras's own BGR preprocessing.
 IMAGENET_MEANS_RGB = (123.68, 116.779, 103.939)
 PREPROCESSING_MODES = ("unit", "imagenet-rgb", "imagenet-caffe")
-Preprocessing = Literal["unit", "imagenet-rgb", "imagenet-caffe"]
 
 
 def resize_for_crop(crop: int) -> int:

@@ -92,11 +92,12 @@ def test_run_demo_wiring(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'other.db'}"
     # Every key prepared from synthetic trees, in the demo's data dir.
-    for key in CATALOG:
-        assert (out / "data").is_dir()
+    assert (out / "data").is_dir()
     monkeypatch.setenv("RSSC_DATA_DIR", str(out / "data"))
-    from rssc_mlflow.data.prepare import load_prepared
+    from rssc_mlflow.data.prepare import load_prepared, prepared_dir
 
+    for key in CATALOG:
+        assert prepared_dir(key).is_dir(), key
     assert all(load_prepared(key).synthetic for key in CATALOG)
     # What the user sees: banner first and last, figures, the page and the UI command.
     assert lines[0] == demo.BANNER and lines[-1] == demo.BANNER

@@ -15,7 +15,7 @@ def test_writes_replaces_and_leaves_no_temp_file(tmp_path: Path):
     path = tmp_path / "a.json"
     path.write_text("old")
     assert files.atomic_write_text(path, "névé\n") == path
-    assert path.read_bytes() == "névé\n".encode("utf-8")
+    assert path.read_bytes() == "névé\n".encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 

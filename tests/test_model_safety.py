@@ -106,7 +106,7 @@ def test_keras_only_models_load_and_other_files_are_named(tmp_path: Path) -> Non
     model = _plain_model()
     model.save(tmp_path / "plain.keras")
     loaded = model_safety.load_model(tmp_path / "plain.keras")
-    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    assert [x.name for x in loaded.layers] == [x.name for x in model.layers]
     model.save_weights(tmp_path / "w.weights.h5")
     with pytest.raises(ModelFileError, match="weights only"):
         model_safety.load_model(tmp_path / "w.weights.h5")

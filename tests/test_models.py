@@ -41,7 +41,7 @@ def test_single_head(classifier: keras.Model) -> None:
     head = classifier.get_layer("predictions")
     assert head.activation is keras.activations.softmax
     assert classifier.get_layer("resnet50").name == "resnet50"
-    assert not any(isinstance(l, keras.layers.Lambda) for l in classifier.layers)
+    assert not any(isinstance(x, keras.layers.Lambda) for x in classifier.layers)
     probs = run(classifier, images())
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 

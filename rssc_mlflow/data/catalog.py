@@ -357,9 +357,6 @@ def _build_catalog() -> dict[str, DatasetSpec]:
 
 
 CATALOG: dict[str, DatasetSpec] = _build_catalog()
-SOURCE_KEYS = ("imagenet100", "mlrsnet_ml", "mlrsnet_sl", "resisc45", "aid", "patternnet",
-               "rsicb256")
-TARGET_KEYS = ("mlrsnet_ml", "mlrsnet_sl", "resisc45", "aid", "patternnet", "rsicb256", "ucm")
 # Catalog keys outside the paper: never in its tables or in `reproduce`'s grid.
 EXTRA_KEYS = ("whu_rs19", "rsscn7", "eurosat")
 

@@ -38,9 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from rssc_mlflow import __version__, config
 from rssc_mlflow.data.builders import VERSION, builder_class, stored_key, tfds_name
-from rssc_mlflow.data.catalog import (
-    CATALOG, MLRSNET_CATEGORIES, DatasetSpec, all_specs, get_spec,
-)
+from rssc_mlflow.data.catalog import CATALOG, MLRSNET_CATEGORIES, DatasetSpec, all_specs, get_spec
 from rssc_mlflow.data.manifest import FileEntry, Manifest, hash_files, read_manifest, write_manifest
 from rssc_mlflow.errors import DatasetError
 from rssc_mlflow.files import atomic_write_text

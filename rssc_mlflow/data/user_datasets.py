@@ -46,7 +46,13 @@ from typing import Any
 
 from rssc_mlflow import __version__, config
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, Item, class_plan, is_junk, is_synthetic, relpath, walk_images,
+    BuildPlan,
+    Item,
+    class_plan,
+    is_junk,
+    is_synthetic,
+    relpath,
+    walk_images,
 )
 from rssc_mlflow.data.catalog import CATALOG, DatasetSpec, Task
 from rssc_mlflow.errors import DatasetError

@@ -16,8 +16,14 @@ from pathlib import Path
 
 from rssc_mlflow.data.manifest import MANIFEST_FILE, Manifest, read_manifest
 from rssc_mlflow.data.prepare import (
-    COMPLETE_FILE, FILES_FILE, METADATA_FILE, RECORDS_FILE, _not_prepared, _spec,
-    prepared_dir, prepared_files_manifest,
+    COMPLETE_FILE,
+    FILES_FILE,
+    METADATA_FILE,
+    RECORDS_FILE,
+    _not_prepared,
+    _spec,
+    prepared_dir,
+    prepared_files_manifest,
 )
 
 

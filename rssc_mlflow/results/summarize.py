@@ -48,6 +48,7 @@ from typing import Literal
 import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
+
 # The pager behind mlflow.search_runs; called here with `client`, whose store may not be
 # the global tracking URI that the fluent search functions read.
 from mlflow.utils import get_results_from_paginated_fn

@@ -21,8 +21,7 @@ import dataclasses
 import io
 import os
 import tempfile
-from collections.abc import Iterator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,7 +103,7 @@ def read(path: Path | io.BytesIO, run_id: str = "") -> Predictions:
             if missing:
                 raise RsscError(
                     f"The predictions file {path} of run {run_id or '?'} lacks "
-                    f"{', '.join(missing)}; it was not written by rssc's log_predictions.")
+                    f"{', '.join(missing)}; it was not written by rssc's write_artifact.")
             arrays = {k: npz[k] for k in _ARRAYS}
     except (OSError, ValueError) as exc:  # not an npz, truncated, or holding object arrays
         raise RsscError(f"The predictions file {path} of run {run_id or '?'} cannot be read "
@@ -118,16 +117,6 @@ def write_artifact(folder: Path, probs: np.ndarray, y_true: np.ndarray, files: S
     """Write `predictions.npz` into `folder` (to be logged under `evaluation/`)."""
     return save(make(probs, y_true, files, split_digest=split_digest,
                      dataset_digest=dataset_digest), Path(folder) / Path(ARTIFACT).name)
-
-
-def log_predictions(probs: np.ndarray, y_true: np.ndarray, files: Sequence[str], *,
-                    split_digest: str, dataset_digest: str) -> None:
-    """Log the artifact into the active run and tag the run as carrying it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_artifact(Path(tmp), probs, y_true, files, split_digest=split_digest,
-                              dataset_digest=dataset_digest)
-        mlflow.log_artifact(str(path), artifact_path=str(Path(ARTIFACT).parent))
-    mlflow.set_tag(TAG_PREDICTIONS, ARTIFACT)
 
 
 def load_predictions(run_id: str, client: mlflow.MlflowClient | None = None, *,

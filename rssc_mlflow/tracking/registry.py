@@ -45,8 +45,7 @@ MV_TASK = "task"  # single | multi
 # Where ImageNet-lineage weights came from, on the run and on every version downstream.
 MV_IMAGENET_FILE = "imagenet_weights_file"
 MV_IMAGENET_SHA256 = "imagenet_weights_sha256"
-MV_IMAGENET_ORIGIN = "imagenet_weights_origin"  # one of IMAGENET_ORIGINS
-IMAGENET_ORIGINS = ("keras-published", "synthetic-stand-in", "other-file")
+MV_IMAGENET_ORIGIN = "imagenet_weights_origin"  # keras-published | synthetic-stand-in | other-file
 KERAS_IMAGENET_URI = "keras.applications.ResNet50(weights='imagenet')"
 
 _DOWNLOAD_COMPLETE = "RSSC_DOWNLOADED"  # written last into a cached model download

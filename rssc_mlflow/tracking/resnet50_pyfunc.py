@@ -28,7 +28,7 @@ KERAS_FILE = "model.keras"
 SAFETY_MODULE = "rssc_model_safety"  # rssc_mlflow/model_safety.py, copied next to this file
 
 
-def _load_pyfunc(data_path: str) -> "ResNet50Classifier":
+def _load_pyfunc(data_path: str) -> ResNet50Classifier:
     """MLflow's entry point for `loader_module` flavors: `data_path` is the model's data/."""
     return ResNet50Classifier.load(Path(data_path))
 
@@ -48,7 +48,7 @@ class ResNet50Classifier:
         self.batch_size = int(config.get("batch_size", 32))
 
     @classmethod
-    def load(cls, folder: Path) -> "ResNet50Classifier":
+    def load(cls, folder: Path) -> ResNet50Classifier:
         """The model in `folder` (a logged model's data/), through rssc's layered safety
         check (`model_safety.load_model`; ValueError naming a refused layer)."""
         if __package__:  # imported from the rssc package
@@ -58,7 +58,7 @@ class ResNet50Classifier:
         config = json.loads((folder / CONFIG_FILE).read_text())
         return cls(model_safety.load_model(folder / KERAS_FILE), config)
 
-    def get_raw_model(self) -> "ResNet50Classifier":
+    def get_raw_model(self) -> ResNet50Classifier:
         """What `mlflow.pyfunc.load_model(...).get_raw_model()` gives: this object, whose
         `predict` also takes a list of images of different sizes (which a tensor signature
         cannot describe) and whose `.model` is the Keras model."""

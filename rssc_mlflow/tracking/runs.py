@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 

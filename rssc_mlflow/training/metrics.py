@@ -10,8 +10,9 @@ outputs with `np.round` (0.5 rounds to 0.0, half to even), and Keras's `F1Score`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -19,7 +20,6 @@ from sklearn import metrics as skm
 
 from rssc_mlflow import protocol
 from rssc_mlflow.data.catalog import Task
-
 
 # Above this many classes the confusion matrix is drawn without numbers in the cells (46 MLRSNet
 # categories would make them unreadable) and with smaller tick labels.

@@ -25,7 +25,8 @@ gave each batch; docs/PROTOCOL.md ("Learning-rate steps") states what it replays
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -177,7 +178,7 @@ class AuthorsStepSchedule(WarmupStepDecay):
                 "initial_lr": self.initial_lr}
 
 
-Schedule = Union[WarmupStepDecay, AuthorsStepSchedule]
+Schedule = WarmupStepDecay | AuthorsStepSchedule
 
 
 def make_schedule(schedule_steps: str, *, peak_lr: float, n_train: int, batch_size: int,
@@ -193,12 +194,6 @@ def make_schedule(schedule_steps: str, *, peak_lr: float, n_train: int, batch_si
                                    epochs=epochs, warmup_epochs=warmup_epochs)
     raise ValueError(f"schedule_steps must be one of {protocol.SCHEDULE_STEPS}, "
                      f"got {schedule_steps!r}.")
-
-
-def lr_at_epoch(schedule: Schedule, epoch: int, *, last_step: bool = False) -> float:
-    """Rate used at the first (or, with `last_step`, the last) step of 0-based `epoch`, for logs."""
-    step = epoch * schedule.steps_per_epoch + (schedule.steps_per_epoch - 1 if last_step else 0)
-    return float(keras.ops.convert_to_numpy(schedule(step)))
 
 
 @keras.saving.register_keras_serializable(package="rssc_mlflow")

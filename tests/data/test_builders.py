@@ -11,7 +11,7 @@ from PIL import Image
 
 from rssc_mlflow.data import catalog
 from rssc_mlflow.data.builders import builder_class, tfds_name
-from rssc_mlflow.data.builders.common import encode_image, is_junk, process_all, Item
+from rssc_mlflow.data.builders.common import Item, encode_image, is_junk, process_all
 from rssc_mlflow.data.builders.folder_per_class import scan_folder_per_class, scan_two_level
 from rssc_mlflow.data.builders.imagenet100 import scan_imagenet
 from rssc_mlflow.data.builders.mlrsnet import half_selection, scan_mlrsnet

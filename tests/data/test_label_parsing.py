@@ -27,9 +27,7 @@ from hypothesis import strategies as st
 
 from rssc_mlflow.data.builders.common import check_class_folders, child_ci
 from rssc_mlflow.data.builders.mlrsnet import _read_csv
-from rssc_mlflow.data.catalog import (
-    MLRSNET_CATEGORIES, MLRSNET_LABELS, UCM_TO_MLRSNET, get_spec,
-)
+from rssc_mlflow.data.catalog import MLRSNET_CATEGORIES, MLRSNET_LABELS, UCM_TO_MLRSNET, get_spec
 from rssc_mlflow.data.prepare import _view
 from rssc_mlflow.errors import DatasetError
 from tests.data.real_labels import real_labels_dir

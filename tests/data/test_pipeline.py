@@ -247,6 +247,8 @@ def test_training_is_seeded_reshuffled_and_reproducible() -> None:
     (b1, yb1), (b2, yb2) = _epochs(examples, 5, cache="memory")
     np.testing.assert_array_equal(a1, b1)
     np.testing.assert_array_equal(a2, b2)
+    np.testing.assert_array_equal(ya1, yb1)
+    np.testing.assert_array_equal(ya2, yb2)
     assert not np.array_equal(a1, a2)  # each epoch is shuffled and augmented anew
     assert ya1.tolist() != ya2.tolist() and sorted(ya1) == sorted(ya2)  # a new order, same images
     (c1, _), _ = _epochs(examples, 6, cache="memory")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rssc_mlflow.data import catalog, prepare as prep
+from rssc_mlflow.data import catalog
+from rssc_mlflow.data import prepare as prep
 from rssc_mlflow.data.prepare import PrepareReport, load_prepared, prepare, status
 from rssc_mlflow.errors import DatasetError
 from tests.data.conftest import IMAGES_PER_CLASS, copy_tree, truncate, write_image

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rssc_mlflow.cli import app
-from rssc_mlflow.data import catalog, user_datasets as ud
+from rssc_mlflow.data import catalog
+from rssc_mlflow.data import user_datasets as ud
 from rssc_mlflow.data.synth import write_custom_tree
 from rssc_mlflow.errors import DatasetError, RsscError
 from rssc_mlflow.tracking import registry

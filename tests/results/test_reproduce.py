@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 from rssc_mlflow import protocol
 from rssc_mlflow.data import splits
 from rssc_mlflow.errors import RsscError
-from rssc_mlflow.results import paper, reproduce as rep
+from rssc_mlflow.results import paper
+from rssc_mlflow.results import reproduce as rep
 from rssc_mlflow.results.reproduce import kubernetes as kube
 from rssc_mlflow.results.reproduce import outcome, runner
 from rssc_mlflow.tracking import runs as tags
@@ -347,9 +348,9 @@ def test_children_report_only_through_their_result_file(isolated_environment: Pa
     scripts = {
         "mlrsnet_ucm_same": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
         "mlrsnet_ucm_other": "print('run abc FINISHED test_accuracy=0.9000')",
-        "mlrsnet_half": ("import json, os, sys; open(os.environ[%r], 'w').write(json.dumps("
-                         "{'status': 'failed', 'reason': 'DatasetError: gone'})); sys.exit(1)"
-                         % rep.RESULT_FILE_ENV),
+        "mlrsnet_half": (f"import json, os, sys; open(os.environ[{rep.RESULT_FILE_ENV!r}], 'w')"
+                         ".write(json.dumps({'status': 'failed', 'reason': 'DatasetError: gone'}))"
+                         "; sys.exit(1)"),
     }
     monkeypatch.setattr(rep._Local, "argv",
                         lambda self, run: [sys.executable, "-c", scripts[run.source]])

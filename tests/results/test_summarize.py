@@ -24,7 +24,6 @@ from PIL import Image
 from scipy import stats
 
 from rssc_mlflow import protocol
-
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results import paper
 from rssc_mlflow.results import summarize as summarize_mod

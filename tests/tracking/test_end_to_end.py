@@ -13,11 +13,11 @@ from pathlib import Path
 
 import keras
 import mlflow
-from mlflow.entities import ViewType
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
+from mlflow.entities import ViewType
 from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from rssc_mlflow import commands, models

@@ -9,6 +9,8 @@ the split's own order would have been wrong (so the check can fail).
 from __future__ import annotations
 
 import pickle
+import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -91,17 +93,19 @@ def test_a_run_without_the_artifact_loads_as_none(store):
         mlflow.log_text("x", "evaluation/per_class_report.txt")
     assert preds.load_predictions(run.info.run_id) is None
     assert preds.load_predictions(run.info.run_id, artifact_uri=run.info.artifact_uri) is None
-    with mlflow.start_run() as logged:
+    with mlflow.start_run() as logged, tempfile.TemporaryDirectory() as tmp:
         pred = _example()
-        preds.log_predictions(pred.probs, pred.y_true, pred.files, split_digest="s",
-                              dataset_digest="d")
+        # Logged as commands._log_evaluation logs it: the folder, under evaluation/.
+        preds.write_artifact(Path(tmp), pred.probs, pred.y_true, pred.files, split_digest="s",
+                             dataset_digest="d")
+        mlflow.log_artifacts(tmp, artifact_path="evaluation")
     back = preds.load_predictions(logged.info.run_id)
     np.testing.assert_array_equal(back.probs, pred.probs)
     direct = preds.load_predictions(logged.info.run_id, artifact_uri=logged.info.artifact_uri)
     assert direct.files.tolist() == pred.files.tolist()
     assert back.run_id == logged.info.run_id
-    tags = mlflow.MlflowClient().get_run(logged.info.run_id).data.tags
-    assert tags[preds.TAG_PREDICTIONS] == preds.ARTIFACT
+    assert [a.path for a in store.list_artifacts(logged.info.run_id, "evaluation")] == [
+        preds.ARTIFACT]
 
 
 # --- Real evaluations (synthetic world, smoke profile) --------------------------------------------

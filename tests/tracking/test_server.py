@@ -17,8 +17,14 @@ import pytest
 
 from rssc_mlflow import commands
 from rssc_mlflow.tracking import registry, runs
-from tests.tracking.conftest import (Server, closed_port, listening_addresses, start_mlflow_server,
-                                     wait_healthy, wait_until_listening)
+from tests.tracking.conftest import (
+    Server,
+    closed_port,
+    listening_addresses,
+    start_mlflow_server,
+    wait_healthy,
+    wait_until_listening,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pytest
 from sklearn import metrics as skm
 
 from rssc_mlflow.training.metrics import (
-    label_prior_f1,
     classification_report_text,
     confusion_matrix_png,
     keras_metrics,
+    label_prior_f1,
     mean_average_precision,
     multi_label_metrics,
     predict_labels,

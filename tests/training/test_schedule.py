@@ -14,7 +14,6 @@ from rssc_mlflow.training.schedule import (
     AuthorsStepSchedule,
     WarmupStepDecay,
     decay_boundaries,
-    lr_at_epoch,
     make_schedule,
     peak_lr_for,
 )
@@ -114,12 +113,12 @@ def test_config_round_trip() -> None:
         assert rate(restored, step) == pytest.approx(rate(s, step))
 
 
-def test_lr_at_epoch() -> None:
+def test_rate_at_the_first_and_last_step_of_an_epoch() -> None:
     s = WarmupStepDecay(1.0, steps_per_epoch=4, epochs=10, warmup_epochs=1)
-    assert lr_at_epoch(s, 0) == pytest.approx(0.25)
-    assert lr_at_epoch(s, 0, last_step=True) == pytest.approx(1.0)
-    assert lr_at_epoch(s, 5) == pytest.approx(0.2)
-    assert np.isclose(lr_at_epoch(s, 4, last_step=True), 1.0)
+    assert rate(s, 0 * 4) == pytest.approx(0.25)  # epoch 0, first step
+    assert rate(s, 0 * 4 + 3) == pytest.approx(1.0)  # epoch 0, last step
+    assert rate(s, 5 * 4) == pytest.approx(0.2)  # epoch 5, first step
+    assert np.isclose(rate(s, 4 * 4 + 3), 1.0)  # epoch 4, last step
 
 
 def test_defaults_are_protocol() -> None:

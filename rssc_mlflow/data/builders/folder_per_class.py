@@ -12,8 +12,14 @@ from pathlib import Path
 
 from rssc_mlflow.data.builders.base import RsscBuilder
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, check_class_folders, child_ci, class_plan, layout_error, relpath,
-    root_candidates, subdirs,
+    BuildPlan,
+    check_class_folders,
+    child_ci,
+    class_plan,
+    layout_error,
+    relpath,
+    root_candidates,
+    subdirs,
 )
 from rssc_mlflow.data.catalog import DatasetSpec, get_spec
 from rssc_mlflow.naming import few

@@ -20,8 +20,16 @@ from pathlib import Path
 
 from rssc_mlflow.data.builders.base import RsscBuilder
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, Item, check_class_folders, child_ci, class_plan, layout_error, relpath,
-    root_candidates, subdirs, walk_images,
+    BuildPlan,
+    Item,
+    check_class_folders,
+    child_ci,
+    class_plan,
+    layout_error,
+    relpath,
+    root_candidates,
+    subdirs,
+    walk_images,
 )
 from rssc_mlflow.data.catalog import IMAGENET_VAL_PER_CLASS, DatasetSpec, get_spec
 from rssc_mlflow.naming import few

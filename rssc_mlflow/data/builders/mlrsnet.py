@@ -19,11 +19,23 @@ import tensorflow_datasets as tfds
 
 from rssc_mlflow.data.builders.base import RsscBuilder
 from rssc_mlflow.data.builders.common import (
-    BuildPlan, Item, check_class_folders, child_ci, is_synthetic, layout_error, relpath,
-    root_candidates, subdirs, walk_images,
+    BuildPlan,
+    Item,
+    check_class_folders,
+    child_ci,
+    is_synthetic,
+    layout_error,
+    relpath,
+    root_candidates,
+    subdirs,
+    walk_images,
 )
 from rssc_mlflow.data.catalog import (
-    MLRSNET_CATEGORIES, MLRSNET_HALF_SEED, MLRSNET_LABELS, MLRSNET_MAX_LABELS, get_spec,
+    MLRSNET_CATEGORIES,
+    MLRSNET_HALF_SEED,
+    MLRSNET_LABELS,
+    MLRSNET_MAX_LABELS,
+    get_spec,
 )
 from rssc_mlflow.errors import DatasetError
 from rssc_mlflow.naming import few

@@ -14,8 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow
-
 from rssc_mlflow.errors import RsscError
 from rssc_mlflow.results.reproduce import outcome
 from rssc_mlflow.results.reproduce.planning import PlannedRun
