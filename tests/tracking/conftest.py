@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -172,3 +173,19 @@ def start_mlflow_server(root: Path, backend_store_uri: str, *, extra: list[str] 
             server.stop()
             raise
     raise RuntimeError(f"port {port} stayed in use")
+
+
+# The start of a client script that must work without rssc_mlflow (a user's process, or a
+# logged model's code/ folder): every import of rssc_mlflow fails, even through MLflow's plugin
+# entry points.
+NO_RSSC = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class NoRssc(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "rssc_mlflow":
+                raise ImportError("this client must not use rssc_mlflow")
+            return None
+
+    sys.meta_path.insert(0, NoRssc())
+""")

@@ -22,7 +22,7 @@ from rssc_mlflow import commands, models
 from rssc_mlflow.data import pipeline
 from rssc_mlflow.data.catalog import get_spec
 from rssc_mlflow.tracking import pyfunc_model, registry, resnet50_pyfunc
-from tests.tracking.conftest import start_mlflow_server
+from tests.tracking.conftest import NO_RSSC, start_mlflow_server
 
 pytestmark = pytest.mark.slow
 NAME = "rssc-resnet50-ucm"
@@ -46,16 +46,7 @@ def served(world, tmp_path_factory):
 
 # The client: no rssc_mlflow (imports of it fail, even through MLflow's plugin entry points),
 # only MLflow, numpy and PIL to decode the files, as a user would.
-CLIENT = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class NoRssc(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "rssc_mlflow":
-                raise ImportError("this client must not use rssc_mlflow")
-            return None
-
-    sys.meta_path.insert(0, NoRssc())
+CLIENT = NO_RSSC + textwrap.dedent("""
     import warnings
     warnings.simplefilter("ignore")  # MLflow warns that rssc's plugin cannot be loaded here
     import mlflow

@@ -16,6 +16,7 @@ import pytest
 
 from rssc_mlflow import model_safety
 from rssc_mlflow.tracking import pyfunc_model, resnet50_pyfunc
+from tests.tracking.conftest import NO_RSSC
 
 
 def _folder(root: Path, model: keras.Model) -> Path:
@@ -55,16 +56,7 @@ def test_load_refuses_a_lambda_and_loads_keras_layers(tmp_path: Path,
 
 
 # A process that cannot import rssc_mlflow: only the model's code/ folder, as MLflow sets it up.
-CLIENT = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class NoRssc(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "rssc_mlflow":
-                raise ImportError("this client must not use rssc_mlflow")
-            return None
-
-    sys.meta_path.insert(0, NoRssc())
+CLIENT = NO_RSSC + textwrap.dedent("""
     code, plain, unsafe = sys.argv[1:]
     sys.path.insert(0, code)
     import numpy as np
