@@ -1,6 +1,6 @@
 """The training path's CPU speed work, in one place and behind one switch.
 
-Four things make a demo or `reproduce` on a CPU several times faster without changing what is
+Five things make a demo or `reproduce` on a CPU several times faster without changing what is
 trained; each has a plain fallback that trains the same model, only slower:
 
 - Model reuse (the pool). Tracing a new Keras ResNet-50 train step costs more than a whole
@@ -21,9 +21,13 @@ trained; each has a plain fallback that trains the same model, only slower:
   the default one is much slower at the 1x1 and 2x2 feature maps of small crops.
 - `prebuild`: builds the compiled metrics and the optimizer before the train step is traced;
   Keras would build them inside the first trace and TensorFlow would trace the step twice.
+- `cpu_threads_per_worker`: worker processes that share a machine's cores split them
+  (TensorFlow's intra- and inter-op pools), instead of each starting a pool per core: two
+  workers on 2 cores would otherwise run 4+ busy threads on 2 cores and wait on each other.
 
-The switch: `RSSC_SPEED=0` in the environment turns all four off (`active()`): Keras's
-`Adam`, the default kernels, Keras's lazy build, fresh models and `keras.utils.set_random_seed`.
+The switch: `RSSC_SPEED=0` in the environment turns all five off (`active()`): Keras's
+`Adam`, the default kernels, Keras's lazy build, fresh models, `keras.utils.set_random_seed`
+and TensorFlow's default thread pools.
 The pool is moreover scoped (`enabled`), since pooled models are process state.
 
 Where no public API exists they use private ones: `graph._kernel_label_map`,
@@ -142,6 +146,41 @@ def _describe(key: tuple) -> str:
     return (f"{num_classes}-{task}-{crop}px-{policy}{'-eager' if eager else ''}-{strategy}"
             f"{'-uint8-' + preprocessing if preprocessing else ''}"
             f"{f'-bn{bn_momentum}' if bn_momentum is not None else ''}")
+
+
+# --- Threads of worker processes ----------------------------------------------------------------
+
+
+def cpu_threads_per_worker(workers: int) -> int | None:
+    """TensorFlow threads (intra- and inter-op) for each of `workers` processes sharing this
+    machine's CPU cores; None: TensorFlow's default (one pool thread per core), which is kept
+    when speed choices are off or TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS say."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1. Received: workers={workers}")
+    if not active() or workers == 1 or any(
+            os.environ.get(v) for v in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")):
+        return None
+    return max(1, _usable_cores() // workers)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what a scheduler's cgroup/affinity allows
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Size TensorFlow's thread pools, before TensorFlow runs its first op (None: no change)."""
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def cpu_threads() -> tuple[int, int]:
+    """(intra-op, inter-op) threads this process set; 0: TensorFlow's default."""
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
 
 
 # --- Seeds --------------------------------------------------------------------------------------

@@ -526,6 +526,78 @@ def test_reuse_models_workers_start_with_their_gpus(isolated_environment: Path,
     assert got == ["0,1", "2,3"]
 
 
+@pytest.mark.slow  # two spawned workers import TensorFlow
+def test_cpu_workers_split_the_cores_between_them(isolated_environment: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from rssc_mlflow.training import speed
+
+    monkeypatch.setattr(outcome, "LOG_DIR", isolated_environment / "logs")
+    monkeypatch.setattr(speed, "_usable_cores", lambda: 4)
+    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", speed.SPEED_ENV):
+        monkeypatch.delenv(var, raising=False)
+    assert rep._Workers("smoke", 2, False, ["0", "1"]).initargs(0)[3] is None  # GPU workers
+    workers = rep._Workers("smoke", 2, False)
+    assert [workers.initargs(i)[3] for i in range(2)] == [2, 2]
+    workers._start()
+    try:  # what TensorFlow in each real worker was told
+        got = [ex.submit(speed.cpu_threads).result(timeout=300) for ex in workers._executors]
+    finally:
+        workers.close()
+    assert got == [(2, 2), (2, 2)]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter ('Z': ended, not reaped), or '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_end_with_reproduce_and_mark_their_run_killed(
+        isolated_environment: Path) -> None:
+    """A real `reproduce --reuse-models` killed by SIGKILL while a worker trains: the workers
+    do not go on training their queue for nobody; the open run is marked KILLED."""
+    import time
+
+    root = isolated_environment
+    _prepare(root)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    client.search_experiments()
+    argv = [sys.executable, "-m", "rssc_mlflow.cli", "reproduce", "--profile", "smoke",
+            "--only", "table3", "--no-log-model-finetune", "--parallel", "2", "--reuse-models"]
+    parent = subprocess.Popen(argv, cwd=root, stdout=subprocess.DEVNULL,
+                              stderr=(root / "parent.log").open("w"),
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    deadline = time.monotonic() + 300
+    try:
+        running: list = []
+        while not running and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            running = [r for r in _training(client)]
+        children = [pid for task in Path(f"/proc/{parent.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    assert running, (root / "parent.log").read_text()[-3000:]
+    workers = [int(pid) for pid in children
+               if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert workers, children
+    deadline = time.monotonic() + 90  # SIGTERM, mark the run KILLED, exit: seconds
+    while time.monotonic() < deadline and any(_state(p) not in ("", "Z") for p in workers):
+        time.sleep(0.2)
+    assert all(_state(p) in ("", "Z") for p in workers), "workers outlived reproduce"
+    statuses = {r.info.run_id: r.info.status
+                for r in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+    assert statuses[running[0].info.run_id] == "KILLED"  # not trained on to FINISHED
+    assert "RUNNING" not in statuses.values()
+    assert len(statuses) <= 3  # nothing queued started after the kill (table3: 3 pretrains)
+
+
 # --- Done when: killed half-way, resumed, nothing redone -------------------------------------
 
 

@@ -324,3 +324,25 @@ def test_with_speed_off_runs_train_the_same_model_only_slower(data, sources, tmp
     assert [e for e, _ in plain[2]] == [e for e, _ in fast[2]]
     for (_, p), (_, f) in zip(plain[2], fast[2]):
         assert p["lr"] == f["lr"] and p["loss"] == pytest.approx(f["loss"], rel=1e-3)
+
+
+def test_cpu_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", speed.SPEED_ENV):
+        monkeypatch.delenv(var, raising=False)
+    for cores, workers, threads in ((2, 2, 1), (4, 2, 2), (3, 2, 1), (16, 3, 5), (1, 2, 1)):
+        monkeypatch.setattr(speed, "_usable_cores", lambda cores=cores: cores)
+        assert speed.cpu_threads_per_worker(workers) == threads, (cores, workers)
+    assert speed.cpu_threads_per_worker(1) is None  # alone: TensorFlow's default pools
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "4")  # the user's choice wins
+    assert speed.cpu_threads_per_worker(2) is None
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    monkeypatch.setenv(speed.SPEED_ENV, "0")  # the switch turns it off with the rest
+    assert speed.cpu_threads_per_worker(2) is None
+    with pytest.raises(ValueError, match=r"Received: workers=0"):
+        speed.cpu_threads_per_worker(0)
+
+
+def test_usable_cores_follow_the_affinity_mask() -> None:
+    import os
+
+    assert speed._usable_cores() == len(os.sched_getaffinity(0))

@@ -13,7 +13,7 @@ from typing import Any
 
 import mlflow
 
-from rssc_mlflow import devices
+from rssc_mlflow import devices, errors
 from rssc_mlflow.results.reproduce import outcome
 from rssc_mlflow.results.reproduce.planning import PlannedRun
 
@@ -35,11 +35,16 @@ class Workers:
         self.slots = slots  # the CUDA_VISIBLE_DEVICES of each worker (`--gpus-per-run`)
         self._executors: list[concurrent.futures.ProcessPoolExecutor] = []
 
-    def initargs(self, i: int) -> tuple[str, str, dict[str, str]]:
-        """What worker i starts with: its log file, the store, and its environment."""
+    def initargs(self, i: int) -> tuple[str, str, dict[str, str], int | None, int]:
+        """What worker i starts with: its log file, the store, its environment, its CPU
+        threads (CPU workers split the cores; None: TensorFlow's default), and this process's
+        pid (the worker ends when this process does)."""
+        from rssc_mlflow.training import speed
+
         env = devices.worker_env(self.slots[i]) if self.slots is not None else {}
+        threads = speed.cpu_threads_per_worker(self.parallel) if self.slots is None else None
         log = (outcome.LOG_DIR / f"worker-{i + 1}.log").resolve()
-        return (str(log), mlflow.get_tracking_uri(), env)
+        return (str(log), mlflow.get_tracking_uri(), env, threads, os.getpid())
 
     def _start(self) -> None:
         import multiprocessing
@@ -101,14 +106,18 @@ class Workers:
             self.close()
 
 
-def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None = None) -> None:
-    """In each worker: its GPUs, output to its log file, the parent's store, the model pool on.
+def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None = None,
+                  threads: int | None = None, parent: int | None = None) -> None:
+    """In each worker: its GPUs, output to its log file, the parent's store, its CPU threads,
+    the model pool on, and SIGTERM when the parent dies.
 
     `env` first: CUDA reads CUDA_VISIBLE_DEVICES when TensorFlow first initialises it, which
     happens in the first run, after this (a spawned worker has not imported TensorFlow yet).
     """
     import logging
 
+    if parent is not None:
+        _end_with_parent(parent)
     os.environ.update(env or {})
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)  # TensorFlow's C++ messages too, not only Python's
@@ -121,7 +130,27 @@ def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None =
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from rssc_mlflow.training import speed
 
+    speed.set_cpu_threads(threads)
     speed.enable_for_process()
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this worker when `parent` ends, however it ends (SIGKILL, out of memory).
+
+    A worker outliving `reproduce` would train the runs still queued for nobody. With SIGTERM
+    its open run is marked KILLED (`runs.tracked_run`) and the worker exits (`_worker_run`).
+    Linux's PR_SET_PDEATHSIG; elsewhere the worker ends when its queue breaks instead.
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(128 + int(signal.SIGTERM))
 
 
 def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
@@ -130,6 +159,9 @@ def _worker_run(stage: str, source: str, target: str, profile: str, seed: int,
     print(f"--- {stage} {source} {target} seed {seed}", flush=True)
     try:
         result = outcome.run_stage(stage, source, target, profile, seed, log_model_finetune, resume)
+    except errors.Interrupted as exc:  # SIGTERM/SIGINT: the run is marked KILLED; stop here
+        print(f"--- {exc.message()}; worker exits", flush=True)
+        os._exit(exc.exit_code)  # not to the pool: it would hand this worker the next run
     except Exception as exc:  # noqa: BLE001 - reported to the parent, the worker goes on
         import traceback
 
