@@ -578,14 +578,15 @@ def test_workers_end_with_reproduce_and_mark_their_run_killed(
         while not running and time.monotonic() < deadline and parent.poll() is None:
             time.sleep(0.2)
             running = [r for r in _training(client)]
-        children = [pid for task in Path(f"/proc/{parent.pid}/task").iterdir()
+        children = [int(pid) for task in Path(f"/proc/{parent.pid}/task").iterdir()
                     for pid in (task / "children").read_text().split()]
+        # Before the kill: a worker that has ended (a zombie) has an empty cmdline.
+        workers = [pid for pid in children
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
     assert running, (root / "parent.log").read_text()[-3000:]
-    workers = [int(pid) for pid in children
-               if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert workers, children
     deadline = time.monotonic() + 90  # SIGTERM, mark the run KILLED, exit: seconds
     while time.monotonic() < deadline and any(_state(p) not in ("", "Z") for p in workers):
