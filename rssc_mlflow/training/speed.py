@@ -66,6 +66,8 @@ SPEED_ENV = "RSSC_SPEED"  # "0": every speed choice off, the plain public path
 DEFAULT_MAX_SOURCES = 32
 # The CPU kernel used for conv input-gradients inside traced train steps.
 CPU_CONV_INPUT_GRAD_KERNEL = "eigen_tensor"
+# TensorFlow's own thread settings: when the user sets one, workers keep TensorFlow's pools.
+TF_THREAD_ENVS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 _enabled = False
 # Keras's own seeding function, captured at import (callers may wrap `keras.utils`'s).
@@ -157,8 +159,7 @@ def cpu_threads_per_worker(workers: int) -> int | None:
     when speed choices are off or TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS say."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1. Received: workers={workers}")
-    if not active() or workers == 1 or any(
-            os.environ.get(v) for v in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")):
+    if not active() or workers == 1 or any(os.environ.get(v) for v in TF_THREAD_ENVS):
         return None
     return max(1, _usable_cores() // workers)
 

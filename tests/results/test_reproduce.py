@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -533,7 +534,7 @@ def test_cpu_workers_split_the_cores_between_them(isolated_environment: Path,
 
     monkeypatch.setattr(outcome, "LOG_DIR", isolated_environment / "logs")
     monkeypatch.setattr(speed, "_usable_cores", lambda: 4)
-    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", speed.SPEED_ENV):
+    for var in (*speed.TF_THREAD_ENVS, speed.SPEED_ENV):
         monkeypatch.delenv(var, raising=False)
     assert rep._Workers("smoke", 2, False, ["0", "1"]).initargs(0)[3] is None  # GPU workers
     workers = rep._Workers("smoke", 2, False)
@@ -560,8 +561,6 @@ def test_workers_end_with_reproduce_and_mark_their_run_killed(
         isolated_environment: Path) -> None:
     """A real `reproduce --reuse-models` killed by SIGKILL while a worker trains: the workers
     do not go on training their queue for nobody; the open run is marked KILLED."""
-    import time
-
     root = isolated_environment
     _prepare(root)
     uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -577,7 +576,7 @@ def test_workers_end_with_reproduce_and_mark_their_run_killed(
         running: list = []
         while not running and time.monotonic() < deadline and parent.poll() is None:
             time.sleep(0.2)
-            running = [r for r in _training(client)]
+            running = _training(client)
         children = [int(pid) for task in Path(f"/proc/{parent.pid}/task").iterdir()
                     for pid in (task / "children").read_text().split()]
         # Before the kill: a worker that has ended (a zombie) has an empty cmdline.

@@ -327,7 +327,7 @@ def test_with_speed_off_runs_train_the_same_model_only_slower(data, sources, tmp
 
 
 def test_cpu_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", speed.SPEED_ENV):
+    for var in (*speed.TF_THREAD_ENVS, speed.SPEED_ENV):
         monkeypatch.delenv(var, raising=False)
     for cores, workers, threads in ((2, 2, 1), (4, 2, 2), (3, 2, 1), (16, 3, 5), (1, 2, 1)):
         monkeypatch.setattr(speed, "_usable_cores", lambda cores=cores: cores)
