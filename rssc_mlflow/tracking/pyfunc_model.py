@@ -59,8 +59,11 @@ def example_images() -> np.ndarray:
 
 
 def signature_for(classifier: resnet50_pyfunc.ResNet50Classifier) -> ModelSignature:
-    """uint8 (n, any height, any width, 3) in; the DataFrame `predict` gives out."""
-    outputs = infer_signature(None, classifier.predict(example_images())).outputs
+    """uint8 (n, any height, any width, 3) in; the DataFrame `predict` gives out, made from
+    one row of ones (every label above the threshold) rather than a prediction, which would
+    trace the model's predict step again."""
+    ones = np.ones((1, int(classifier.model.output_shape[-1])), np.float32)
+    outputs = infer_signature(None, classifier.table(ones)).outputs
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                           outputs=outputs)
 

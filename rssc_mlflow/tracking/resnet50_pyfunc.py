@@ -127,9 +127,12 @@ class ResNet50Classifier:
         """A DataFrame: `class` (the most probable, single-label) or `labels` (those above the
         threshold, multi-label), then one probability column per class, named by the class.
         A backbone without a head (task "features") gives its pooled features, f0 .. f2047."""
+        return self.table(self.predict_proba(data))
+
+    def table(self, probs: np.ndarray) -> Any:
+        """`predict`'s DataFrame for (n, outputs) probabilities or features."""
         import pandas as pd
 
-        probs = self.predict_proba(data)
         if self.task == "features":
             return pd.DataFrame(probs, columns=[f"f{i}" for i in range(probs.shape[1])])
         table = pd.DataFrame(probs, columns=self.classes)

@@ -179,6 +179,23 @@ def test_multi_label_output_names_the_labels_above_the_threshold():
         classifier.predict(images / 255.0)
 
 
+def test_the_signature_is_what_a_prediction_gives_without_running_the_model():
+    """`signature_for` builds the outputs from a row of ones; a real prediction's table must
+    give the same schema (the multi-label threshold lowered so that every row names labels)."""
+    from mlflow.models import infer_signature
+
+    model = models.build_classifier(5, "single", crop=32)
+    cases = [(model, "single", {}), (model, "multi", {"threshold": -1.0}),
+             (models.backbone_of(model), "features", {})]
+    for keras_model, task, extra in cases:
+        config = {**pyfunc_model.model_config(classes=list("abcde"), task=task, crop=32,
+                                              preprocessing="unit"), **extra}
+        classifier = resnet50_pyfunc.ResNet50Classifier(keras_model, config)
+        predicted = classifier.predict(pyfunc_model.example_images())
+        assert (pyfunc_model.signature_for(classifier).outputs
+                == infer_signature(None, predicted).outputs), task
+
+
 # --- The UI reads well (item 3): what the MLflow 3 UI gets, read back through the REST API ---
 
 
