@@ -504,6 +504,55 @@ def test_too_few_gpus_is_refused_before_any_run(isolated_environment: Path,
         rep.reproduce("smoke", only=TABLES34, gpus_per_run=-1, progress=lambda m: None)
 
 
+def _costing(stage: str, key: str, cost: int) -> rep.PlannedRun:
+    """A planned run whose `workers.cost` is `cost`."""
+    from rssc_mlflow.results.reproduce import workers
+
+    source, target = (key, "") if stage in ("pretrain", "adapt") else ("aid", key)
+    return rep.PlannedRun(stage, source, target, 42, 0 if not target else 1, [], [], 0, 0, 8,
+                          cost - workers.RUN_OVERHEAD_STEPS, 0.0, True, False)
+
+
+def _loads(queues: list[list[rep.PlannedRun]]) -> list[int]:
+    from rssc_mlflow.results.reproduce import workers
+
+    return [sum(workers.cost(r) for r in q) for q in queues]
+
+
+def test_workers_balance_cost_not_run_counts() -> None:
+    """One long run and four cheap pairs: by run counts the long run lands on a loaded worker
+    (1,600 against 600); by cost it runs alone against the pairs (1,000 against 1,200, the
+    best split, found by trying all 2^5)."""
+    import itertools
+
+    wave = [_costing(stage, key, 150) for key in "abcd" for stage in ("pretrain", "adapt")]
+    wave.append(_costing("pretrain", "imagenet100", 1000))
+    queues = rep._Workers("demo", 2, False).assign(wave)
+    groups = [1000, 300, 300, 300, 300]
+    best = min(max(sum(g for g, side in zip(groups, sides) if side),
+                   sum(g for g, side in zip(groups, sides) if not side))
+               for sides in itertools.product((0, 1), repeat=len(groups)))
+    assert max(_loads(queues)) == best == 1200
+    assert sorted(_loads(queues)) == [1000, 1200]
+    for key in "abcd":  # a dataset's runs share one worker (one traced model) and keep order
+        (queue,) = [q for q in queues if any(r.source == key for r in q)]
+        assert [r.stage for r in queue if r.source == key] == ["pretrain", "adapt"]
+
+
+def test_a_group_costlier_than_a_fair_share_is_split() -> None:
+    """The demo's level 1: many fine-tunings of one target and cheap probes. One worker with
+    every fine-tuning would leave the other idle; split, the loads differ by less than a run."""
+    finetunes = [_costing("finetune", "ucm", 500) for _ in range(16)]
+    probes = [_costing("probe", "ucm", 200) for _ in range(14)]
+    queues = rep._Workers("demo", 2, False).assign(finetunes + probes)
+    assert sorted(map(id, (r for q in queues for r in q))) == sorted(map(id, finetunes + probes))
+    assert all(any(r.stage == "finetune" for r in q) for q in queues)
+    assert abs(_loads(queues)[0] - _loads(queues)[1]) < 500
+    for q in queues:  # each worker's fine-tunings stay together, in the plan's order
+        order = [i for r in q for i, f in enumerate(finetunes) if f is r]
+        assert order == list(range(order[0], order[0] + len(order)))
+
+
 def test_gpus_per_run_is_for_the_local_backend() -> None:
     with pytest.raises(RsscError, match=r"Received: backend=kubernetes.*nvidia.com/gpu"):
         rep.gpu_slots("kubernetes", 2, 1)

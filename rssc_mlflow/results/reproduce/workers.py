@@ -62,20 +62,26 @@ class Workers:
         self._executors = []
 
     def assign(self, wave: list[PlannedRun]) -> list[list[PlannedRun]]:
-        """Split a wave over the workers: training runs grouped by dataset, largest group to the
-        least loaded worker; then probes to whichever worker has the fewest runs."""
-        queues: list[list[PlannedRun]] = [[] for _ in range(self.parallel)]
+        """Split a wave over the workers, balancing their cost (`cost`): training runs grouped
+        by dataset, costliest group first, each to the least loaded worker; a group costlier
+        than a worker's fair share is split first (one more trace beats an idle worker); then
+        probes, costliest first, likewise. Each queue runs in the order it was filled."""
         groups: dict[str, list[PlannedRun]] = {}
         probes = []
         for run in wave:
             if run.stage == "probe":
-                probes.append(run)
+                probes.append([run])
             else:
                 groups.setdefault(run.target or run.source, []).append(run)
-        for group in sorted(groups.values(), key=len, reverse=True):
-            min(queues, key=len).extend(group)
-        for run in probes:
-            min(queues, key=len).append(run)
+        fair = sum(cost(r) for r in wave) / self.parallel
+        parts = [part for group in groups.values() for part in _split(group, fair)]
+        queues: list[list[PlannedRun]] = [[] for _ in range(self.parallel)]
+        loads = [0] * self.parallel
+        for part in (sorted(parts, key=_total, reverse=True)
+                     + sorted(probes, key=_total, reverse=True)):
+            i = loads.index(min(loads))
+            queues[i].extend(part)
+            loads[i] += _total(part)
         return queues
 
     def run_wave(self, wave: list[PlannedRun], say: outcome.Say) -> None:
@@ -104,6 +110,30 @@ class Workers:
             say(run, outcome.describe(run) + f" [worker {number}]")
         if broken:  # start fresh workers for the next wave
             self.close()
+
+
+# What a run costs beyond its image-steps (start, evaluation, logging), in image-steps: about
+# 5 s of a demo run on a CPU, which is most of a probe's cost.
+RUN_OVERHEAD_STEPS = 150
+
+
+def cost(run: PlannedRun) -> int:
+    """A run's expected share of a worker's time, in image-steps."""
+    return run.image_steps + RUN_OVERHEAD_STEPS
+
+
+def _total(runs: list[PlannedRun]) -> int:
+    return sum(cost(r) for r in runs)
+
+
+def _split(group: list[PlannedRun], fair: float) -> list[list[PlannedRun]]:
+    """`group` in consecutive parts of at most about `fair` each (a run is never split)."""
+    parts: list[list[PlannedRun]] = [[]]
+    for run in group:
+        if parts[-1] and _total(parts[-1]) + cost(run) > fair:
+            parts.append([])
+        parts[-1].append(run)
+    return parts
 
 
 def _worker_start(log_path: str, tracking_uri: str, env: dict[str, str] | None = None,
