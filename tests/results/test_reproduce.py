@@ -553,6 +553,89 @@ def test_a_group_costlier_than_a_fair_share_is_split() -> None:
         assert order == list(range(order[0], order[0] + len(order)))
 
 
+def _threads_as_workers(monkeypatch: pytest.MonkeyPatch, run) -> rep._Workers:
+    """Workers whose two "processes" are threads and whose runs call `run(label, worker)`:
+    the scheduling of `run_wave` without TensorFlow."""
+    import concurrent.futures
+
+    from rssc_mlflow.results.reproduce import workers as module
+
+    def fake(stage, source, target, *_):
+        label = f"{stage} {source} {target}".strip()
+        return run(label, threading.current_thread().name)
+
+    monkeypatch.setattr(module, "_worker_run", fake)
+    workers = rep._Workers("demo", 2, False)
+    workers._executors = [concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"w{i}")
+                          for i in (1, 2)]
+    return workers
+
+
+def test_an_idle_worker_takes_over_queued_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Costs are estimates. Worker 1 is given a run estimated cheap that really waits for
+    its two queued runs to finish; worker 2 finishes its own run at once. It must take both
+    over (last queued first): with static queues they would wait behind the blocker, which
+    gives up after 20 s."""
+    both_done = threading.Event()
+    done, ran_on = [], {}
+
+    def run(label, worker):
+        ran_on[label] = worker[:2]
+        if label == "pretrain blocker":
+            blocked = not both_done.wait(20)
+            return {"status": "failed" if blocked else "ran", "reason": "blocked",
+                    "run_id": "r", "metrics": {}, "seconds": 0.0}
+        done.append(label)
+        if {"pretrain x", "pretrain y"} <= set(done):
+            both_done.set()
+        return {"status": "ran", "run_id": "r", "metrics": {}, "seconds": 0.0}
+
+    workers = _threads_as_workers(monkeypatch, run)
+    wave = [_costing("pretrain", "blocker", 300), _costing("pretrain", "x", 300),
+            _costing("pretrain", "y", 300), _costing("pretrain", "z", 900)]
+    queues = workers.assign(wave)
+    assert [[r.source for r in q] for q in queues] == [["z"], ["blocker", "x", "y"]]
+    said = []
+    workers.run_wave(wave, lambda r, text: said.append((r.source, text)))
+    for e in workers._executors:
+        e.shutdown()
+    assert ran_on == {"pretrain z": "w1", "pretrain blocker": "w2", "pretrain y": "w1",
+                      "pretrain x": "w1"}
+    assert done == ["pretrain z", "pretrain y", "pretrain x"]
+    assert all(r.status == "ran" for r in wave), said
+
+
+def test_a_dead_workers_queued_runs_fail_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies (here: its pool breaks on the first run) fails the run it ran and
+    the runs still queued on it, naming the worker and its log; the other's runs go on."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    broke = threading.Event()
+
+    def run(label, worker):
+        if worker.startswith("w2"):
+            broke.set()
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        broke.wait(20)  # worker 1 finishes after the death is seen: nothing left to take over
+        time.sleep(0.3)
+        return {"status": "ran", "run_id": "r", "metrics": {}, "seconds": 0.0}
+
+    workers = _threads_as_workers(monkeypatch, run)
+    workers.close = lambda: None  # the threads stand in for processes; nothing to restart
+    wave = [_costing("pretrain", "a", 300), _costing("adapt", "a", 300),
+            _costing("pretrain", "b", 900)]
+    workers.run_wave(wave, lambda r, text: None)
+    for e in workers._executors:
+        e.shutdown()
+    statuses = {(r.stage, r.source): (r.status, r.reason) for r in wave}
+    assert statuses[("pretrain", "b")][0] == "ran"
+    for key in (("pretrain", "a"), ("adapt", "a")):
+        status, reason = statuses[key]
+        assert status == "failed"
+        assert re.search(r"worker 2 died.*worker-2\.log", reason), reason
+    assert "BrokenProcessPool" in statuses[("pretrain", "a")][1]
+
+
 def test_gpus_per_run_is_for_the_local_backend() -> None:
     with pytest.raises(RsscError, match=r"Received: backend=kubernetes.*nvidia.com/gpu"):
         rep.gpu_slots("kubernetes", 2, 1)

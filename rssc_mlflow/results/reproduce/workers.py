@@ -5,6 +5,7 @@ outcome to the parent as a value (through `concurrent.futures`), its console goe
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
 import sys
@@ -25,8 +26,9 @@ class Workers:
     For many short runs (the demo on a CPU, where tracing a new ResNet-50 costs more than a run
     trains); on a GPU server one process per run (`local.Local`) isolates runs better. Runs that
     train on the same dataset go to the same worker (same number of classes: same traced
-    model); probes, which share one feature extractor, fill up the lighter worker. A run that
-    raises fails alone; a worker that dies (out of memory) fails the runs it still held.
+    model); probes, which share one feature extractor, fill up the lighter worker; a worker
+    that runs out of work takes over the last queued run of the busiest. A run that raises
+    fails alone; a worker that dies (out of memory) fails the runs it still held.
     """
 
     def __init__(self, profile: str, parallel: int, log_model_finetune: bool,
@@ -85,31 +87,69 @@ class Workers:
         return queues
 
     def run_wave(self, wave: list[PlannedRun], say: outcome.Say) -> None:
+        """Run `wave` on the workers: each starts its `assign`ed queue, one run at a time; a
+        worker whose queue is empty takes the last queued run of the worker with the most
+        queued cost (estimates are rough: an idle worker costs more than one more trace)."""
         if not self._executors:
             self._start()
+        queues = [collections.deque(q) for q in self.assign(wave)]
         futures: dict[concurrent.futures.Future, tuple[PlannedRun, int]] = {}
-        for number, (executor, queue) in enumerate(zip(self._executors, self.assign(wave)), 1):
-            for run in queue:
+        dead: set[int] = set()
+
+        def start_next(i: int) -> None:
+            run = self._next(queues, i, dead)
+            if run is not None:
                 job = (run.stage, run.source, run.target, self.profile, run.seed,
                        self.log_model_finetune, run.resume_id)
-                futures[executor.submit(_worker_run, *job)] = (run, number)
-        broken = False
-        for future in concurrent.futures.as_completed(futures):
-            run, number = futures[future]
-            try:
-                done = future.result()
-            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: the worker died
-                broken = True
-                done = {"status": "failed", "seconds": 0.0,
-                           "reason": f"worker {number} died ({type(exc).__name__}: {exc}); see "
-                                     f"{outcome.LOG_DIR / f'worker-{number}.log'}"}
-            if done["status"] == "ran":
-                outcome.ran(run, done["run_id"], done["metrics"], done["seconds"])
-            else:
-                outcome.failed(run, done["reason"], done["seconds"])
-            say(run, outcome.describe(run) + f" [worker {number}]")
-        if broken:  # start fresh workers for the next wave
+                futures[self._executors[i].submit(_worker_run, *job)] = (run, i + 1)
+
+        for i in range(self.parallel):
+            start_next(i)
+        while futures:
+            finished, _ = concurrent.futures.wait(
+                futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                run, number = futures.pop(future)
+                try:
+                    done = future.result()
+                except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: the worker died
+                    dead.add(number - 1)
+                    done = {"status": "failed", "seconds": 0.0, "reason": _died(number, exc)}
+                self._report(run, done, number, say)
+                if number - 1 in dead:  # the runs it still held fail with it
+                    while queues[number - 1]:
+                        held = queues[number - 1].popleft()
+                        outcome.failed(held, _died(number, None), 0.0)
+                        say(held, outcome.describe(held) + f" [worker {number}]")
+                else:
+                    start_next(number - 1)
+        if dead:  # start fresh workers for the next wave
             self.close()
+
+    @staticmethod
+    def _next(queues: list[collections.deque], i: int, dead: set[int]) -> PlannedRun | None:
+        """Worker i's next run: its own queue's first, else the last of the live worker with
+        the most queued cost (the run that worker would start last), else None."""
+        if queues[i]:
+            return queues[i].popleft()
+        others = [j for j, q in enumerate(queues) if q and j not in dead]
+        if not others:
+            return None
+        return queues[max(others, key=lambda j: _total(list(queues[j])))].pop()
+
+    @staticmethod
+    def _report(run: PlannedRun, done: dict[str, Any], number: int, say: outcome.Say) -> None:
+        if done["status"] == "ran":
+            outcome.ran(run, done["run_id"], done["metrics"], done["seconds"])
+        else:
+            outcome.failed(run, done["reason"], done["seconds"])
+        say(run, outcome.describe(run) + f" [worker {number}]")
+
+
+def _died(number: int, exc: BaseException | None) -> str:
+    cause = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+    return (f"worker {number} died{cause}; see "
+            f"{outcome.LOG_DIR / f'worker-{number}.log'}")
 
 
 # What a run costs beyond its image-steps (start, evaluation, logging), in image-steps: about
