@@ -133,11 +133,21 @@ def fit(model: keras.Model, train: TrainingEpochs, eval_ds: tf.data.Dataset | No
         first_epoch = int(model.optimizer.iterations.numpy()) // steps_per_epoch
     if first_epoch >= epochs:
         return first_epoch  # killed after the last backup: nothing left to train
-    model.fit(train(first_epoch=first_epoch, epochs=epochs - first_epoch),
+    model.fit(length_hidden(train(first_epoch=first_epoch, epochs=epochs - first_epoch)),
               validation_data=eval_ds, epochs=epochs, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, shuffle=False,  # the pipeline shuffles
               callbacks=callbacks, verbose=verbose)
     return first_epoch
+
+
+def length_hidden(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with its length unknown to Keras, for `fit` on a dataset that holds all its epochs.
+
+    Given `steps_per_epoch` and a dataset of known length, Keras starts a new iterator over
+    the dataset as soon as it has taken that many batches: after the last epoch, when nothing
+    will read it, and `fit` then waits while tf.data tears it down. Unknown, it keeps one.
+    """
+    return ds.filter(lambda *_: True)
 
 
 def predict_with_labels(model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
