@@ -2,8 +2,8 @@
 
 Keras `fit`, given `steps_per_epoch` and a dataset of known length, opens a second iterator
 over it once it has taken that many batches, i.e. after the last epoch of a dataset that holds
-all the epochs (`make_dataset`); tearing that unused iterator down kept demo runs 21-67 s
-after their last epoch (docs/PERFORMANCE.md). Keras's default strategy opens a dataset with
+all the epochs (`make_dataset`); tearing that unused iterator down kept a demo-profile
+`pretrain` waiting after its last epoch (docs/PERFORMANCE.md). Keras's default strategy opens a dataset with
 `tf.data.Dataset.__iter__`, which is what these tests count.
 """
 
