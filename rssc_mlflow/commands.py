@@ -138,7 +138,8 @@ def _pipeline_args(data: _Data, settings: RunSettings) -> dict[str, Any]:
     """What every pipeline of a run shares: crop, batch, seed, label key, and uint8 batches:
     the model preprocesses them on the accelerator (`models.with_preprocessing`)."""
     return dict(crop=settings.image_size, batch_size=settings.batch_size,
-                preprocessing=None, seed=settings.seed, label_key=data.label_key)
+                preprocessing=None, seed=settings.seed, label_key=data.label_key,
+                autotune=speed.data_autotune())
 
 
 def _data_params(data: _Data, settings: RunSettings) -> dict[str, str]:

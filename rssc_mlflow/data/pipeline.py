@@ -239,6 +239,7 @@ def make_dataset(
     deterministic: bool | None = None,
     first_epoch: int = 0,
     epochs: int = 1,
+    autotune: bool = True,
 ) -> tf.data.Dataset:
     """(float32 [b, crop, crop, 3], labels) batches from {image: encoded bytes, label_key: ...}.
 
@@ -255,7 +256,8 @@ def make_dataset(
     `cache_path` names a disk cache, unique to the data and to one writer at a time (`commands`
     uses one per run; a killed writer's leftovers are removed); without it a fresh temporary
     folder is used. `deterministic` sets tf.data's
-    deterministic option (None: tf.data's default, which is deterministic).
+    deterministic option (None: tf.data's default, which is deterministic). `autotune=False`
+    turns tf.data's autotuner off (`speed.data_autotune` says when); the batches are the same.
     """
     if preprocessing is not None:
         check_preprocessing(preprocessing)
@@ -317,11 +319,12 @@ def make_dataset(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     ds = ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    if not autotune:  # AUTOTUNE then stands for min(16, cores) parallel calls
+        options.autotune.enabled = False
     if deterministic is not None:
-        options = tf.data.Options()
         options.deterministic = deterministic
-        ds = ds.with_options(options)
-    return ds
+    return ds.with_options(options)
 
 
 def _maybe_preprocess(image: tf.Tensor, mode: str | None) -> tf.Tensor:

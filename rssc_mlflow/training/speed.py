@@ -1,6 +1,6 @@
 """The training path's CPU speed work, in one place and behind one switch.
 
-Five things make a demo or `reproduce` on a CPU several times faster without changing what is
+Six things make a demo or `reproduce` on a CPU several times faster without changing what is
 trained; each has a plain fallback that trains the same model, only slower:
 
 - Model reuse (the pool). Tracing a new Keras ResNet-50 train step costs more than a whole
@@ -21,13 +21,17 @@ trained; each has a plain fallback that trains the same model, only slower:
   the default one is much slower at the 1x1 and 2x2 feature maps of small crops.
 - `prebuild`: builds the compiled metrics and the optimizer before the train step is traced;
   Keras would build them inside the first trace and TensorFlow would trace the step twice.
+- `data_autotune`: on CPU, tf.data's autotuner is off for a run's pipelines. It gives each
+  iterator a thread that re-plans at intervals growing to a minute, and dropping the
+  iterator waits for that thread's next wake-up, so `fit` returned up to 60 s after its last
+  epoch; a CPU-bound train step does not need the pipeline tuned. The batches are the same.
 - `cpu_threads_per_worker`: worker processes that share a machine's cores split them
   (TensorFlow's intra- and inter-op pools), instead of each starting a pool per core: two
   workers on 2 cores would otherwise run 4+ busy threads on 2 cores and wait on each other.
 
-The switch: `RSSC_SPEED=0` in the environment turns all five off (`active()`): Keras's
-`Adam`, the default kernels, Keras's lazy build, fresh models, `keras.utils.set_random_seed`
-and TensorFlow's default thread pools.
+The switch: `RSSC_SPEED=0` in the environment turns all six off (`active()`): Keras's
+`Adam`, the default kernels, Keras's lazy build, fresh models, `keras.utils.set_random_seed`,
+tf.data's autotuner and TensorFlow's default thread pools.
 The pool is moreover scoped (`enabled`), since pooled models are process state.
 
 Where no public API exists they use private ones: `graph._kernel_label_map`,
@@ -268,6 +272,13 @@ def adam(learning_rate: Any) -> keras.optimizers.Adam:
     """The training optimizer: `FusedAdam`, or Keras's `Adam` with the speed choices off."""
     return FusedAdam(learning_rate=learning_rate) if active() else keras.optimizers.Adam(
         learning_rate=learning_rate)
+
+
+def data_autotune() -> bool:
+    """Whether a run's tf.data pipelines keep tf.data's autotuner: off on a CPU-only machine
+    (no GPU visible) with the speed choices on, where the train step, not the pipeline, sets
+    the pace, and the autotuner's thread made each `fit` wait up to a minute at its end."""
+    return not active() or bool(tf.config.list_physical_devices("GPU"))
 
 
 def fast_conv_gradients(model: keras.Model) -> None:

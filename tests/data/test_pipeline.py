@@ -208,6 +208,29 @@ def test_augment_same_seed_same_output() -> None:
 # --- make_dataset ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("deterministic", [None, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_autotune_false_turns_tf_datas_autotuner_off_and_keeps_the_batches(
+        training: bool, deterministic: bool | None) -> None:
+    def batches(autotune: bool) -> tuple[tf.data.Dataset, list]:
+        ds = pipeline.make_dataset(_examples(_images(5)), training=training, crop=CROP,
+                                   batch_size=2, preprocessing=None, cache="memory",
+                                   deterministic=deterministic, autotune=autotune)
+        return ds, [(x.numpy(), y.numpy()) for x, y in ds]
+
+    off, off_batches = batches(False)
+    on, on_batches = batches(True)
+    assert off.options().autotune.enabled is False
+    assert off.map(lambda x, y: x).options().autotune.enabled is False  # what predict is given
+    assert on.options().autotune.enabled is None  # tf.data's default: on
+    assert off.options().deterministic is deterministic
+    if deterministic is None:
+        assert len(off_batches) == len(on_batches) == 3
+        for (x_off, y_off), (x_on, y_on) in zip(off_batches, on_batches, strict=True):
+            np.testing.assert_array_equal(x_off, x_on)
+            np.testing.assert_array_equal(y_off, y_on)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_make_dataset_shapes_and_dtypes(training: bool) -> None:
     ds = pipeline.make_dataset(_examples(_images(7)), training=training, crop=CROP, batch_size=3,

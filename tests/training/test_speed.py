@@ -342,6 +342,32 @@ def test_cpu_workers_split_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
         speed.cpu_threads_per_worker(0)
 
 
+def test_data_autotune_is_off_on_a_cpu_only_machine_with_the_speed_choices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(speed.SPEED_ENV, raising=False)
+    gpus: list = []
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: gpus if kind == "GPU" else [])
+    assert speed.data_autotune() is False
+    gpus.append(tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU"))
+    assert speed.data_autotune() is True  # the pipeline may be what a GPU waits for
+    gpus.clear()
+    monkeypatch.setenv(speed.SPEED_ENV, "0")  # the switch: tf.data's default
+    assert speed.data_autotune() is True
+
+
+def test_a_runs_pipelines_follow_data_autotune(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from rssc_mlflow import commands
+
+    data = SimpleNamespace(label_key="label")
+    settings = SimpleNamespace(image_size=32, batch_size=8, seed=42)
+    for value in (False, True):
+        monkeypatch.setattr(speed, "data_autotune", lambda value=value: value)
+        assert commands._pipeline_args(data, settings)["autotune"] is value
+
+
 def test_usable_cores_follow_the_affinity_mask() -> None:
     import os
 
