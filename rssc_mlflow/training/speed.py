@@ -274,11 +274,14 @@ def adam(learning_rate: Any) -> keras.optimizers.Adam:
         learning_rate=learning_rate)
 
 
+def _gpu_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def data_autotune() -> bool:
     """Whether a run's tf.data pipelines keep tf.data's autotuner: off on a CPU-only machine
-    (no GPU visible) with the speed choices on, where the train step, not the pipeline, sets
-    the pace, and the autotuner's thread made each `fit` wait up to a minute at its end."""
-    return not active() or bool(tf.config.list_physical_devices("GPU"))
+    with the speed choices on (why: the module docstring)."""
+    return not active() or _gpu_visible()
 
 
 def fast_conv_gradients(model: keras.Model) -> None:
@@ -287,7 +290,7 @@ def fast_conv_gradients(model: keras.Model) -> None:
     label only affects graphs) and when TensorFlow's graphs lack `_kernel_label_map`."""
     if not active() or getattr(model, "_rssc_fast_conv", False):
         return
-    if tf.config.list_physical_devices("GPU"):
+    if _gpu_visible():
         return
     if keras.mixed_precision.global_policy().compute_dtype != "float32":
         return
