@@ -440,7 +440,9 @@ def _start_training_run(job: _Training, run_id: str, hold: contextlib.ExitStack,
     _record_inputs(job.data, settings, job.fingerprint, job.source.preprocessing, job.source,
                    log_model=log_model if settings.stage == "finetune" else None)
     runs.log_params({"bn_momentum": BN_MOMENTUM_KERAS if profile.bn_momentum is None
-                     else profile.bn_momentum, **job.batches})
+                     else profile.bn_momentum,
+                     "zero_init_residual": str(profile.zero_init_residual).lower(),
+                     **job.batches})
     checkpoint_dir = config.checkpoint_dir() / run_id
     mlflow.set_tag(runs.TAG_CHECKPOINT_DIR, str(checkpoint_dir))
     hold.enter_context(recovery.training_lock(checkpoint_dir, run_id))
@@ -481,7 +483,8 @@ def _build_trainer(job: _Training):  # -> keras.Model
                                   source=job.source, seed=settings.seed,
                                   run_eagerly=job.profile.run_eagerly,
                                   preprocessing=job.source.preprocessing,
-                                  bn_momentum=job.profile.bn_momentum)
+                                  bn_momentum=job.profile.bn_momentum,
+                                  zero_init_residual=job.profile.zero_init_residual)
 
 
 def _fit(job: _Training, trainer, train, test_ds, checkpoint_dir: Path, run_id: str, *,
@@ -627,7 +630,7 @@ def train_without_run(settings: RunSettings, *, preprocessing: str, cache_name: 
         data.spec.num_classes, data.spec.task, crop=settings.image_size,
         source=registry.resolve_source("scratch", profile=settings.profile), seed=settings.seed,
         run_eagerly=profile.run_eagerly, preprocessing=preprocessing,
-        bn_momentum=profile.bn_momentum)
+        bn_momentum=profile.bn_momentum, zero_init_residual=profile.zero_init_residual)
     schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch") * profile.lr_scale,
                                      steps_per_epoch=steps, epochs=settings.epochs,
                                      warmup_epochs=min(settings.epochs, profile.warmup_epochs))

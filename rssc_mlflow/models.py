@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,7 @@ _FIRST_CONV = "conv1_conv"
 # ResNet50 refuses inputs under 32 px; weights do not depend on the input size, so reference
 # and scratch models are built at this size.
 _MIN_CROP = 32
+RESIDUAL_BLOCKS = 16  # ResNet-50: 3 + 4 + 6 + 3 bottleneck blocks
 
 
 # --- Building -------------------------------------------------------------------------------
@@ -87,6 +89,7 @@ def build_classifier(
     backbone_weights: str | Path | None = None,
     name: str = "rssc_resnet50",
     bn_momentum: float | None = None,
+    zero_init_residual: bool = False,
 ) -> keras.Model:
     """ResNet-50 (nested, named "resnet50") -> "avg_pool" -> Dense "predictions".
 
@@ -99,11 +102,15 @@ def build_classifier(
         name: model name.
         bn_momentum: momentum of every BatchNormalization layer (None: Keras's 0.99); a layer
             setting, not a weight, so loading weights keeps it.
+        zero_init_residual: start the last BatchNormalization of every residual block at
+            gamma 0 (`zero_init_residual`); loaded backbone weights replace it.
     """
     head = _head(num_classes, task)
     backbone = _resnet50_notop(crop)
     if bn_momentum is not None:
         set_bn_momentum(backbone, bn_momentum)
+    if zero_init_residual:
+        zero_init_residual_gammas(backbone)
     if backbone_weights is not None:
         path = imagenet_weights_path() if backbone_weights == "imagenet" else backbone_weights
         load_backbone_weights(backbone, path)
@@ -119,6 +126,25 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> None:
     for layer in model_safety.walk(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = float(momentum)
+
+
+def zero_init_residual_gammas(backbone: keras.Model) -> int:
+    """Set gamma to 0 in the BatchNormalization that ends each residual block's branch
+    (`convS_blockN_3_bn`), so every block starts as its shortcut alone (Goyal et al. 2017,
+    torchvision's `zero_init_residual`): a network trained from scratch for a few hundred
+    steps then learns from the first epoch. Returns how many layers were set (16 in
+    ResNet-50); raises when Keras names them otherwise, rather than silently doing nothing.
+    """
+    layers = [layer for layer in backbone.layers
+              if isinstance(layer, keras.layers.BatchNormalization)
+              and re.fullmatch(r"conv\d_block\d+_3_bn", layer.name)]
+    if len(layers) != RESIDUAL_BLOCKS:
+        raise ModelError(f"zero_init_residual: expected {RESIDUAL_BLOCKS} residual-branch "
+                         f"BatchNormalization layers named convS_blockN_3_bn in the ResNet-50, "
+                         f"found {len(layers)}. Received: {backbone.name!r}.")
+    for layer in layers:
+        layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+    return len(layers)
 
 
 class Preprocess(keras.layers.Layer):

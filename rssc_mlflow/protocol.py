@@ -68,6 +68,11 @@ class Profile:
     # carry the untrained network's, and evaluation (inference mode) collapses to chance while
     # the same weights with batch statistics classify well (tests/test_science.py).
     bn_momentum: float | None = None
+    # Start each residual block's last BatchNorm at gamma 0 (`models.zero_init_residual_gammas`)
+    # instead of Keras's 1. Only for networks trained from scratch: loaded weights replace it.
+    # With Keras's init a short run spends its first epochs at a loss above chance
+    # (docs/PERFORMANCE.md, "Zero-init residuals").
+    zero_init_residual: bool = False
     # Multiplies the schedule's peak rates (3e-3 / 3e-4). Adam's rate goes with the square root
     # of the batch, so a profile with a smaller batch than the paper's 100 scales it.
     lr_scale: float = 1.0
@@ -84,10 +89,12 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", epochs=100, batch_size=100, crop=256, probe_epochs=100),
     # `rssc demo`: synthetic data on a CPU. 32 px crops and batch 8 (a ResNet-50 step costs
     # about the same at 8 as at 16 images on a CPU, and short runs need steps) with the peak
-    # rates scaled to it, few epochs, BatchNorm momentum 0.9 (see `bn_momentum`), the paper's
-    # probe (100 epochs), no per-epoch validation or backups.
-    "demo": Profile("demo", epochs=8, batch_size=8, crop=32, probe_epochs=100,
+    # rates scaled to it, few epochs, BatchNorm momentum 0.9 (see `bn_momentum`), residual
+    # blocks that start as identities (`zero_init_residual`), the paper's probe (100
+    # epochs), no per-epoch validation or backups.
+    "demo": Profile("demo", epochs=5, batch_size=8, crop=32, probe_epochs=100,
                     warmup_epochs=1, bn_momentum=0.9, lr_scale=math.sqrt(8 / 100),
+                    zero_init_residual=True,
                     validate_every_epoch=False, checkpoint_every_epoch=False),
     # The smallest run that still goes through every code path (tests).
     "smoke": Profile("smoke", epochs=1, batch_size=8, crop=32, probe_epochs=2, warmup_epochs=1,

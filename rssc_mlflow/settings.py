@@ -227,9 +227,11 @@ def protocol_fingerprint(settings: RunSettings, *, preprocessing: str, peak_lr: 
         "synthetic": synthetic,
         "upstream": upstream,
     }
-    bn_momentum = protocol.get_profile(settings.profile).bn_momentum
-    if bn_momentum is not None and settings.stage in TRAINING_STAGES:
-        comparable["bn_momentum"] = bn_momentum  # absent for Keras's default: old keys hold
+    profile = protocol.get_profile(settings.profile)
+    if profile.bn_momentum is not None and settings.stage in TRAINING_STAGES:
+        comparable["bn_momentum"] = profile.bn_momentum  # absent for Keras's: old keys hold
+    if profile.zero_init_residual and settings.stage in TRAINING_STAGES:
+        comparable["zero_init_residual"] = True  # absent for Keras's init: old keys hold
     if settings.schedule_steps != "paper" and settings.stage in TRAINING_STAGES:
         comparable["schedule_steps"] = settings.schedule_steps  # absent for paper: keys hold
     if dataset_spec:

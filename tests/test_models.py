@@ -316,3 +316,41 @@ def test_with_preprocessing_keeps_float32_input_under_mixed_precision(
             models.protocol.IMAGENET_MEANS_RGB, np.float32), rtol=0, atol=0)
     finally:
         models.set_precision("float32")
+
+
+def test_zero_init_residual_starts_every_block_as_its_shortcut(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    plain = models.build_classifier(3, "single", crop=CROP)
+    keras.utils.set_random_seed(0)
+    zero = models.build_classifier(3, "single", crop=CROP, zero_init_residual=True)
+    gammas = {layer.name: keras.ops.convert_to_numpy(layer.gamma)
+              for layer in zero.get_layer("resnet50").layers
+              if isinstance(layer, keras.layers.BatchNormalization)}
+    zeroed = sorted(name for name, g in gammas.items() if not np.any(g))
+    assert len(zeroed) == 16 and all(name.endswith("_3_bn") for name in zeroed)
+    assert all(np.all(g == 1) for name, g in gammas.items() if name not in zeroed)
+    # Every other weight is the seeded Keras init, untouched.
+    for a, b in zip(plain.weights, zero.weights, strict=True):
+        if a.path.split("/")[-2] not in zeroed:
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                          keras.ops.convert_to_numpy(b))
+    # An identity block's branch adds 0: the block passes on its (already ReLU'd) input.
+    backbone = zero.get_layer("resnet50")
+    probe = keras.Model(backbone.input, [backbone.get_layer("conv3_block1_out").output,
+                                         backbone.get_layer("conv3_block4_out").output])
+    block_in, block_out = (keras.ops.convert_to_numpy(t) for t in probe(images(), training=False))
+    np.testing.assert_allclose(block_out, block_in, rtol=1e-6, atol=1e-6)
+    # Loaded weights replace it: a fine-tuning from a source starts from the source's gammas.
+    path = models.save_notop_weights(plain, tmp_path / "plain.h5")
+    loaded = models.build_classifier(3, "single", crop=CROP, zero_init_residual=True,
+                                     backbone_weights=path)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.get_layer("resnet50").get_layer("conv2_block1_3_bn").gamma),
+        np.ones(256, "float32"))
+
+
+def test_zero_init_residual_refuses_a_network_without_resnet50_names() -> None:
+    other = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization()],
+                             name="not_resnet")
+    with pytest.raises(ModelError, match=r"expected 16 .* found 0\. Received: 'not_resnet'"):
+        models.zero_init_residual_gammas(other)

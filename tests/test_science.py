@@ -20,7 +20,7 @@ target runs are repeated with a fault injected, and the check must fail on each:
   `imagenet-rgb` for a backbone trained on [0, 1] pixels.
 
 The Table III design (same classes vs different classes, probed on UCM) is reported, not
-asserted. Sizes: the demo profile (32 px crops, batch 8, BatchNorm momentum 0.9).
+asserted. Sizes: the demo profile (32 px crops, batch 8, BatchNorm momentum 0.9, zero-init residuals).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from rssc_mlflow import commands, models
+from rssc_mlflow import commands, models, protocol
 from rssc_mlflow.data.prepare import prepare
 from rssc_mlflow.data.synth import write_synthetic
 from rssc_mlflow.results.findings import Interval, paired_bootstrap
@@ -127,9 +127,11 @@ def _target_runs(random_init: Path, *, baselines: Scenario | None = None,
 
 
 def _random_init_file(path: Path) -> Path:
-    """The network `pretrain` starts from (same seed, same momentum), untrained, as a file."""
+    """The network `pretrain` starts from (same seed, same profile init), untrained, as a file."""
+    profile = protocol.get_profile(PROFILE)
     speed.set_random_seed(42)
-    model = models.build_classifier(21, "single", crop=32, bn_momentum=0.9)
+    model = models.build_classifier(21, "single", crop=32, bn_momentum=profile.bn_momentum,
+                                    zero_init_residual=profile.zero_init_residual)
     model.save(path)
     return path
 

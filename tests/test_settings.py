@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -111,3 +112,18 @@ def test_a_stage_is_the_plain_string_that_tags_and_commands_carry():
         assert Stage(plain) is stage and pickle.loads(pickle.dumps(stage)) is stage
     assert json.dumps({Stage.PROBE: [Stage.FINETUNE]}) == '{"probe": ["finetune"]}'
     assert [s.short for s in Stage] == ["pre", "adapt", "feat", "probe", "ft"]
+
+
+def test_the_demo_profiles_init_choices_are_part_of_its_training_cells(monkeypatch) -> None:
+    """BN momentum and zero-init residuals depart from the paper: a training run's cell
+    changes with each, a probe's does not (it trains no network), and the paper keeps its."""
+    demo = protocol.get_profile("demo")
+    assert demo.zero_init_residual and demo.bn_momentum == 0.9
+    assert not protocol.get_profile("paper").zero_init_residual
+    settings = {stage: resolve_settings(stage, source="scratch", target="ucm", profile="demo")
+                for stage in ("finetune", "probe")}
+    keys = {stage: fingerprint(s) for stage, s in settings.items()}
+    for change in ({"zero_init_residual": False}, {"bn_momentum": None}):
+        monkeypatch.setitem(protocol.PROFILES, "demo", dataclasses.replace(demo, **change))
+        assert fingerprint(settings["finetune"]) != keys["finetune"], change
+        assert fingerprint(settings["probe"]) == keys["probe"], change

@@ -148,10 +148,11 @@ def stats() -> dict[str, Any]:
 
 
 def _describe(key: tuple) -> str:
-    num_classes, task, crop, policy, eager, strategy, preprocessing, bn_momentum = key
+    num_classes, task, crop, policy, eager, strategy, preprocessing, bn_momentum, zero = key
     return (f"{num_classes}-{task}-{crop}px-{policy}{'-eager' if eager else ''}-{strategy}"
             f"{'-uint8-' + preprocessing if preprocessing else ''}"
-            f"{f'-bn{bn_momentum}' if bn_momentum is not None else ''}")
+            f"{f'-bn{bn_momentum}' if bn_momentum is not None else ''}"
+            f"{'-zero-init-residual' if zero else ''}")
 
 
 # --- Threads of worker processes ----------------------------------------------------------------
@@ -365,10 +366,12 @@ def _share_backbone(weights: list[np.ndarray], n_backbone: int) -> list[np.ndarr
     return weights
 
 
-def _seeded_initial(num_classes: int, task: str, crop: int, seed: int) -> list[np.ndarray]:
+def _seeded_initial(num_classes: int, task: str, crop: int, seed: int,
+                    zero_init_residual: bool) -> list[np.ndarray]:
     """The weights of a classifier built right after seeding (what a fresh run starts from)."""
     set_random_seed(seed)
-    throwaway = models.build_classifier(num_classes, task, crop=crop)
+    throwaway = models.build_classifier(num_classes, task, crop=crop,
+                                        zero_init_residual=zero_init_residual)
     return _snapshot(throwaway.weights)
 
 
@@ -449,10 +452,11 @@ def _compile(model: keras.Model, *, task: str, run_eagerly: bool) -> None:
 
 
 def _fresh(num_classes: int, task: str, *, crop: int, source, seed: int,
-           run_eagerly: bool, preprocessing: str | None, bn_momentum: float | None
-           ) -> keras.Model:
+           run_eagerly: bool, preprocessing: str | None, bn_momentum: float | None,
+           zero_init_residual: bool) -> keras.Model:
     set_random_seed(seed)
-    model = models.build_classifier(num_classes, task, crop=crop, bn_momentum=bn_momentum)
+    model = models.build_classifier(num_classes, task, crop=crop, bn_momentum=bn_momentum,
+                                    zero_init_residual=zero_init_residual)
     source.backbone_into(model)
     model = _wrap(model, preprocessing)
     _compile(model, task=task, run_eagerly=run_eagerly)
@@ -460,10 +464,11 @@ def _fresh(num_classes: int, task: str, *, crop: int, source, seed: int,
 
 
 def _new_entry(key: tuple, num_classes: int, task: str, crop: int, seed: int,
-               run_eagerly: bool, preprocessing: str | None, bn_momentum: float | None
-               ) -> _Entry:
+               run_eagerly: bool, preprocessing: str | None, bn_momentum: float | None,
+               zero_init_residual: bool) -> _Entry:
     set_random_seed(seed)
-    classifier = models.build_classifier(num_classes, task, crop=crop, bn_momentum=bn_momentum)
+    classifier = models.build_classifier(num_classes, task, crop=crop, bn_momentum=bn_momentum,
+                                         zero_init_residual=zero_init_residual)
     initial = _share_backbone(_snapshot(classifier.weights),
                               len(_backbone_layer(classifier).weights))
     model = _wrap(classifier, preprocessing)  # the same variables, in the same order
@@ -503,7 +508,8 @@ def _make_reset(entry: _Entry) -> Any:
 
 def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
             run_eagerly: bool = False, preprocessing: str | None = None,
-            bn_momentum: float | None = None) -> keras.Model:
+            bn_momentum: float | None = None, zero_init_residual: bool = False
+            ) -> keras.Model:
     """A compiled classifier whose weights are those of a fresh one for `seed` and `source`.
 
     `source` is a `registry.ResolvedSource`. With the pool enabled the model is a pooled one,
@@ -516,14 +522,15 @@ def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
     if not is_enabled():
         return _fresh(num_classes, task, crop=crop, source=source, seed=seed,
                       run_eagerly=run_eagerly, preprocessing=preprocessing,
-                      bn_momentum=bn_momentum)
-    # The momentum is a constant of the traced step, so it is part of the key.
+                      bn_momentum=bn_momentum, zero_init_residual=zero_init_residual)
+    # The momentum is a constant of the traced step, so it is part of the key; the initial
+    # weights (`entry.initial`) depend on `zero_init_residual`.
     key = (int(num_classes), task, int(crop), _policy(), bool(run_eagerly), _strategy(),
-           preprocessing, bn_momentum)
+           preprocessing, bn_momentum, bool(zero_init_residual))
     entry = _state.classifiers.get(key)
     if entry is None:  # a new model holds the seeded initial weights already
         entry = _new_entry(key, num_classes, task, crop, seed, run_eagerly, preprocessing,
-                           bn_momentum)
+                           bn_momentum, bool(zero_init_residual))
         model = entry.model
         _load_source(model, source)
     else:
@@ -533,10 +540,10 @@ def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
             # clear it, a reused model could skip epochs, so this Keras gets fresh models.
             return _fresh(num_classes, task, crop=crop, source=source, seed=seed,
                           run_eagerly=run_eagerly, preprocessing=preprocessing,
-                          bn_momentum=bn_momentum)
+                          bn_momentum=bn_momentum, zero_init_residual=zero_init_residual)
         if seed not in entry.initial:
             entry.initial[seed] = _share_backbone(
-                _seeded_initial(num_classes, task, crop, seed),
+                _seeded_initial(num_classes, task, crop, seed, bool(zero_init_residual)),
                 len(_backbone_layer(model).weights))
         values = list(entry.initial[seed])
         backbone = _source_arrays(model, source)

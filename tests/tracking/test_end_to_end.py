@@ -65,6 +65,8 @@ def test_pretrain_records_everything(pretrained, store):
     assert params["epochs"] == "1" and params["batch_size"] == "8" and params["image_size"] == "32"
     assert params["lr"] == "0.003" and params["profile"] == "smoke"  # resolved: scratch rule
     assert params["preprocessing"] == "unit" and "target" not in params and "solver" not in params
+    # The profile's init, as Keras builds it for smoke (the demo's departures are logged too).
+    assert params["bn_momentum"] == "0.99" and params["zero_init_residual"] == "false"
     # The data handling: default prepare, and a small set shuffled in full each epoch.
     assert params["dataset_options"] == "default" and params["shuffle_full"] == "true"
     assert int(params["shuffle_buffer"]) >= 1  # = the training images (test_commands)

@@ -46,12 +46,14 @@ def sources(weight_file, monkeypatch):
     return {ref: registry.resolve_source(ref, profile="smoke") for ref in ("scratch", "imagenet")}
 
 
-def _train(data, tmp_path: Path, source, seed: int, tag: str, preprocessing: str | None = None):
+def _train(data, tmp_path: Path, source, seed: int, tag: str, preprocessing: str | None = None,
+           zero_init_residual: bool = False):
     x, y = data
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
     epochs_of = lambda first_epoch, epochs: ds.repeat(epochs)  # noqa: E731 - same batches
     model = speed.acquire(CLASSES, "single", crop=CROP, source=source, seed=seed,
-                               run_eagerly=True, preprocessing=preprocessing)
+                          run_eagerly=True, preprocessing=preprocessing,
+                          zero_init_residual=zero_init_residual)
     assert int(model.optimizer.iterations.numpy()) == 0
     schedule = fit_lib.make_schedule(peak_lr=3e-3, steps_per_epoch=IMAGES // BATCH,
                                      epochs=EPOCHS, warmup_epochs=1)
@@ -106,6 +108,34 @@ def test_pooled_runs_equal_fresh_runs(data, sources, tmp_path) -> None:
 
     _same(second, fresh)
     _same(third, first)
+
+
+def _gammas(model) -> list[np.ndarray]:
+    backbone = models.unwrap(model).get_layer(models.BACKBONE_NAME)
+    return [keras.ops.convert_to_numpy(layer.gamma) for layer in backbone.layers
+            if layer.name.endswith("_3_bn")]
+
+
+def test_pooled_zero_init_residual_runs_equal_fresh_ones(data, sources, tmp_path) -> None:
+    """The profile's init is part of the pool's key: a pooled scratch run with zero-init
+    residuals starts at gamma 0 and trains like a fresh one, even after a run without it."""
+    fresh = _train(data, tmp_path, sources["scratch"], 42, "fresh", zero_init_residual=True)
+    with speed.enabled():
+        plain = _train(data, tmp_path, sources["scratch"], 42, "plain")
+        model = speed.acquire(CLASSES, "single", crop=CROP, source=sources["scratch"], seed=42,
+                              run_eagerly=True, zero_init_residual=True)
+        assert model is not plain[0]
+        assert len(_gammas(model)) == 16 and not any(np.any(g) for g in _gammas(model))
+        pooled = _train(data, tmp_path, sources["scratch"], 42, "pool", zero_init_residual=True)
+        again = _train(data, tmp_path, sources["scratch"], 42, "again", zero_init_residual=True)
+        assert pooled[0] is again[0] is model
+        assert sorted(speed.stats()["classifiers"]) == sorted([
+            f"{CLASSES}-single-{CROP}px-float32-eager-_DefaultDistributionStrategyx1",
+            f"{CLASSES}-single-{CROP}px-float32-eager-_DefaultDistributionStrategyx1"
+            "-zero-init-residual"])
+    _same(pooled, fresh)
+    _same(again, fresh)
+    assert any(np.any(g) for g in _gammas(plain[0]))  # trained from Keras's gamma 1
 
 
 def test_pooled_feature_extractor(data, sources) -> None:
