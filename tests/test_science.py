@@ -6,7 +6,9 @@ pre-trained on the synthetic `mlrsnet_ucm_same` (MLRSNet's categories that UCM h
 
   (a) make fine-tuning on UCM's 20 % far better than fine-tuning from scratch, and
   (b) give features on which the probe beats a probe on the same network's features at its
-      random initialisation,
+      random initialisation, and
+  (c) give better probe features from the preprocessing its lineage records than from the
+      other one (the network was trained on those inputs),
 
 each with a paired bootstrap 95 % interval over UCM's test images that excludes 0. Everything
 goes through the public commands (`pretrain`, `finetune`, `probe`), the registry, and the
@@ -54,6 +56,11 @@ RESAMPLES = 2000
 CHECKS = (
     ("finetune: pre-trained - scratch", "finetune_pretrained", "finetune_scratch", WIDE_MARGIN),
     ("probe: pre-trained - random init", "probe_pretrained", "probe_random", 0.0),
+    # The lineage's preprocessing (what the registry says the backbone was trained on) must
+    # beat the other one on the same backbone: the network, not only the probe, depends on
+    # it. A trained ResNet-50 still transfers from wrongly scaled inputs, only worse.
+    ("probe: the lineage's preprocessing - the other one", "probe_pretrained",
+     "probe_pretrained_other_preprocessing", 0.0),
 )
 # Reported, not asserted: the corrected probe (lbfgs on standardised features). Random conv
 # features, standardised, classify these colour-coded images well, so this comparison says
@@ -104,9 +111,17 @@ def _predictions(result: commands.RunResult) -> predictions.Predictions:
     return pred
 
 
+def _other_preprocessing(source: str) -> str:
+    lineage = registry.resolve_source(source, profile=PROFILE).preprocessing
+    return "imagenet-rgb" if lineage == "unit" else "unit"
+
+
 def _probes(source: str, suffix: str, reported: bool) -> Scenario:
     """The protocol's probe and, when `reported`, the corrected one (on the same features)."""
     out = {f"probe_{suffix}": _predictions(commands.probe(source, "ucm", profile=PROFILE))}
+    if suffix == "pretrained":
+        out["probe_pretrained_other_preprocessing"] = _predictions(commands.probe(
+            source, "ucm", profile=PROFILE, preprocessing=_other_preprocessing(source)))
     if reported:
         out[f"probe_{suffix}_lbfgs"] = _predictions(commands.probe(
             source, "ucm", profile=PROFILE, solver="lbfgs", standardize=True))
