@@ -483,8 +483,7 @@ def _build_trainer(job: _Training):  # -> keras.Model
                                   source=job.source, seed=settings.seed,
                                   run_eagerly=job.profile.run_eagerly,
                                   preprocessing=job.source.preprocessing,
-                                  bn_momentum=job.profile.bn_momentum,
-                                  zero_init_residual=job.profile.zero_init_residual)
+                                  **job.profile.model_options)
 
 
 def _fit(job: _Training, trainer, train, test_ds, checkpoint_dir: Path, run_id: str, *,
@@ -629,8 +628,7 @@ def train_without_run(settings: RunSettings, *, preprocessing: str, cache_name: 
     model = speed.acquire(
         data.spec.num_classes, data.spec.task, crop=settings.image_size,
         source=registry.resolve_source("scratch", profile=settings.profile), seed=settings.seed,
-        run_eagerly=profile.run_eagerly, preprocessing=preprocessing,
-        bn_momentum=profile.bn_momentum, zero_init_residual=profile.zero_init_residual)
+        run_eagerly=profile.run_eagerly, preprocessing=preprocessing, **profile.model_options)
     schedule = fit_lib.make_schedule(peak_lr=peak_lr_for("scratch") * profile.lr_scale,
                                      steps_per_epoch=steps, epochs=settings.epochs,
                                      warmup_epochs=min(settings.epochs, profile.warmup_epochs))

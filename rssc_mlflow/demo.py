@@ -220,9 +220,8 @@ def _imagenet_standin(folder: Path, say: Progress) -> Path:
     prepared = load_prepared(STANDIN_KEY)
     identity = {"dataset": STANDIN_KEY, "dataset_digest": prepared.manifest_digest,
                 "preprocessing": STANDIN_PREPROCESSING, "lr_scale": profile.lr_scale,
-                "bn_momentum": profile.bn_momentum,
-                "zero_init_residual": profile.zero_init_residual, "seed": settings.seed,
-                "epochs": settings.epochs, "crop": settings.image_size,
+                **profile.model_options, "seed": settings.seed, "epochs": settings.epochs,
+                "crop": settings.image_size,
                 "batch_size": settings.batch_size}
     try:
         info = json.loads(info_path.read_text())

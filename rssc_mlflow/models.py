@@ -128,12 +128,12 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> None:
             layer.momentum = float(momentum)
 
 
-def zero_init_residual_gammas(backbone: keras.Model) -> int:
+def zero_init_residual_gammas(backbone: keras.Model) -> None:
     """Set gamma to 0 in the BatchNormalization that ends each residual block's branch
     (`convS_blockN_3_bn`), so every block starts as its shortcut alone (Goyal et al. 2017,
     torchvision's `zero_init_residual`): a network trained from scratch for a few hundred
-    steps then learns from the first epoch. Returns how many layers were set (16 in
-    ResNet-50); raises when Keras names them otherwise, rather than silently doing nothing.
+    steps then learns from the first epoch. Raises when Keras names the layers otherwise,
+    rather than silently doing nothing.
     """
     layers = [layer for layer in backbone.layers
               if isinstance(layer, keras.layers.BatchNormalization)
@@ -144,7 +144,6 @@ def zero_init_residual_gammas(backbone: keras.Model) -> int:
                          f"found {len(layers)}. Received: {backbone.name!r}.")
     for layer in layers:
         layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
-    return len(layers)
 
 
 class Preprocess(keras.layers.Layer):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from rssc_mlflow.errors import RsscError
 
@@ -83,6 +84,12 @@ class Profile:
     @property
     def resize(self) -> int:
         return resize_for_crop(self.crop)
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """The profile's model settings, as `models.build_classifier` and `speed.acquire`
+        take them."""
+        return {"bn_momentum": self.bn_momentum, "zero_init_residual": self.zero_init_residual}
 
 
 PROFILES: dict[str, Profile] = {

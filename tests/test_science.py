@@ -145,8 +145,7 @@ def _random_init_file(path: Path) -> Path:
     """The network `pretrain` starts from (same seed, same profile init), untrained, as a file."""
     profile = protocol.get_profile(PROFILE)
     speed.set_random_seed(42)
-    model = models.build_classifier(21, "single", crop=32, bn_momentum=profile.bn_momentum,
-                                    zero_init_residual=profile.zero_init_residual)
+    model = models.build_classifier(21, "single", crop=32, **profile.model_options)
     model.save(path)
     return path
 

@@ -523,14 +523,15 @@ def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
         return _fresh(num_classes, task, crop=crop, source=source, seed=seed,
                       run_eagerly=run_eagerly, preprocessing=preprocessing,
                       bn_momentum=bn_momentum, zero_init_residual=zero_init_residual)
+    zero_init_residual = bool(zero_init_residual)
     # The momentum is a constant of the traced step, so it is part of the key; the initial
     # weights (`entry.initial`) depend on `zero_init_residual`.
     key = (int(num_classes), task, int(crop), _policy(), bool(run_eagerly), _strategy(),
-           preprocessing, bn_momentum, bool(zero_init_residual))
+           preprocessing, bn_momentum, zero_init_residual)
     entry = _state.classifiers.get(key)
     if entry is None:  # a new model holds the seeded initial weights already
         entry = _new_entry(key, num_classes, task, crop, seed, run_eagerly, preprocessing,
-                           bn_momentum, bool(zero_init_residual))
+                           bn_momentum, zero_init_residual)
         model = entry.model
         _load_source(model, source)
     else:
@@ -543,7 +544,7 @@ def acquire(num_classes: int, task: str, *, crop: int, source, seed: int,
                           bn_momentum=bn_momentum, zero_init_residual=zero_init_residual)
         if seed not in entry.initial:
             entry.initial[seed] = _share_backbone(
-                _seeded_initial(num_classes, task, crop, seed, bool(zero_init_residual)),
+                _seeded_initial(num_classes, task, crop, seed, zero_init_residual),
                 len(_backbone_layer(model).weights))
         values = list(entry.initial[seed])
         backbone = _source_arrays(model, source)
